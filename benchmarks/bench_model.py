@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Model speed: our triplet CenterNet vs the plain "Objects as Points" ResNet-18 CenterNet (ctdet).
+
+Legend: B batch, C classes, S input side (square input S x S), H/W output map size (S / 4).
+
+For every precision x input size x batch size, both models run back to back on the same random input
+``Tensor[B, 3, S, S]`` (random weights: speed does not depend on the values). Three timings, each the
+median of ``--repeats`` synchronised calls after ``--warmup`` calls:
+
+- forward: ``model(x)`` under ``torch.inference_mode()`` (+ autocast for fp16/bf16);
+- decode: the model's batched decoder on the stored outputs (ours: ``centernet_ros.decode.decode``;
+  baseline: ``baseline_ctdet.ctdet_decode``), outputs cast to fp32 first;
+- total: forward + decode in one call (what a detector pays per batch).
+
+Reported per image (ms) and as images/s (= B / total). GMAC per image is counted once per model and input
+size with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls; the max-pooling and
+element-wise ops are not counted).
+
+Issue 3 target: our forward at 512 no slower than the baseline. The summary line prints the ratio.
+
+Optional fast paths: ``--channels-last`` (NHWC memory format), ``--compile`` (``torch.compile``;
+``--compile-mode reduce-overhead`` uses CUDA graphs on CUDA). When compilation fails (no compiler, an
+unsupported op) the script prints why and falls back to eager, recording ``compiled: false`` in the row.
+
+Examples::
+
+    python benchmarks/bench_model.py --device cpu --batch-sizes 1 4 --json out/bench_model_cpu.json
+    python benchmarks/bench_model.py --device cuda --channels-last --json out/bench_model_cuda.json
+    python benchmarks/bench_model.py --device cuda --channels-last --compile --compile-mode reduce-overhead
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    add_common_args,
+    autocast_context,
+    environment,
+    format_env,
+    format_table,
+    resolve_device,
+    resolve_precisions,
+    setup_threads,
+    time_callable,
+    write_json,
+)
+from baseline_ctdet import ctdet_decode, ctdet_resnet18  # noqa: E402
+
+from centernet_ros.decode import DecodeConfig, decode  # noqa: E402
+from centernet_ros.model import centernet_resnet18  # noqa: E402
+
+MODELS = ("ours", "baseline")
+MODEL_LABEL = {"ours": "ours: triplet CenterNet R18", "baseline": "baseline: ctdet R18 (Objects as Points)"}
+
+COLUMNS = [
+    ("model", "model"),
+    ("size", "input"),
+    ("batch", "batch"),
+    ("precision", "precision"),
+    ("forward_ms_per_img", "forward ms/img"),
+    ("decode_ms_per_img", "decode ms/img"),
+    ("total_ms_per_img", "total ms/img"),
+    ("img_per_s", "img/s"),
+    ("forward_ms_per_batch", "forward ms/batch"),
+    ("gmac_per_img", "GMAC/img"),
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                   help="default: 1 4 8 16 on CUDA, 1 4 on CPU")
+    p.add_argument("--sizes", nargs="+", type=int, default=[384, 512], help="square input sides (multiples of 32)")
+    p.add_argument("--precisions", nargs="+", default=None, choices=("fp32", "fp16", "bf16"),
+                   help="default: fp32 fp16 (+bf16 if supported) on CUDA; fp32 (+bf16 if native) on CPU")
+    p.add_argument("--num-classes", type=int, default=80, help="heatmap channels C of both models (default 80, COCO)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls (default: 10 CUDA, 1 CPU)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls, median reported (default: 30 CUDA, 5 CPU)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models (falls back to eager on failure)")
+    p.add_argument("--compile-mode", default="default",
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="torch.compile mode; reduce-overhead = CUDA graphs on CUDA")
+    p.add_argument("--no-flops", action="store_true", help="skip the GMAC count")
+    args = p.parse_args(argv)
+    for s in args.sizes:
+        if s < 32 or s % 32:
+            p.error(f"--sizes must be positive multiples of 32, got {s!r}")
+    if args.batch_sizes is not None and any(b < 1 for b in args.batch_sizes):
+        p.error(f"--batch-sizes must be >= 1, got {args.batch_sizes!r}")
+    if args.num_classes < 1:
+        p.error(f"--num-classes must be >= 1, got {args.num_classes!r}")
+    return args
+
+
+def build_model(name: str, num_classes: int) -> nn.Module:
+    if name == "ours":
+        return centernet_resnet18(num_classes=num_classes)
+    return ctdet_resnet18(num_classes=num_classes)
+
+
+def make_decoder(name: str) -> Callable[[dict[str, torch.Tensor]], Any]:
+    if name == "ours":
+        cfg = DecodeConfig()
+
+        def _ours(out: dict[str, torch.Tensor]):
+            return decode({k: v.float() for k, v in out.items()}, cfg)
+
+        return _ours
+    return lambda out: ctdet_decode(out)
+
+
+def count_gmac(model: nn.Module, size: int, device: torch.device) -> float | None:
+    """Multiply-accumulates (1e9) of one forward of Tensor[1, 3, size, size]; None if counting fails."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        x = torch.randn(1, 3, size, size, device=device)
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            model(x)
+        return counter.get_total_flops() / 2e9
+    except Exception as exc:  # flop counting is a nicety, never a reason to fail the benchmark
+        print(f"warning: GMAC count failed: {exc}", file=sys.stderr)
+        return None
+
+
+def maybe_compile(model: nn.Module, args: argparse.Namespace, example: torch.Tensor, precision: str,
+                  device: torch.device) -> tuple[nn.Module, bool, str | None]:
+    """``torch.compile`` with a test call; on failure return the eager model and the reason."""
+    if not args.compile:
+        return model, False, None
+    try:
+        compiled = torch.compile(model, mode=args.compile_mode)
+        with torch.inference_mode(), autocast_context(precision, device):
+            compiled(example)
+        return compiled, True, None
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        print(f"warning: torch.compile failed, using eager ({reason})", file=sys.stderr)
+        return model, False, reason
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    setup_threads(args.threads)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    batch_sizes = args.batch_sizes or ([1, 4, 8, 16] if cuda else [1, 4])
+    warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
+    repeats = args.repeats if args.repeats is not None else (30 if cuda else 5)
+    precisions, skipped = resolve_precisions(args.precisions, device)
+    for msg in skipped:
+        print(f"note: {msg}", file=sys.stderr)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+
+    torch.manual_seed(0)
+    models = {name: build_model(name, args.num_classes).eval().to(device, memory_format=memory_format)
+              for name in args.models}
+    decoders = {name: make_decoder(name) for name in args.models}
+    params = {name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in models.items()}
+    gmac: dict[tuple[str, int], float | None] = {}
+    if not args.no_flops:
+        for name, m in models.items():
+            for s in args.sizes:
+                gmac[(name, s)] = count_gmac(m, s, device)
+
+    rows: list[dict[str, Any]] = []
+    for precision in precisions:
+        # compile once per model and precision (shape changes recompile on demand inside torch.compile)
+        runners: dict[str, tuple[nn.Module, bool, str | None]] = {}
+        for name, m in models.items():
+            example = torch.randn(1, 3, args.sizes[0], args.sizes[0], device=device).to(memory_format=memory_format)
+            runners[name] = maybe_compile(m, args, example, precision, device)
+        for size in args.sizes:
+            for b in batch_sizes:
+                x = torch.randn(b, 3, size, size, device=device).to(memory_format=memory_format)  # (B, 3, S, S)
+                for name in args.models:  # models back to back on the same input: fair under drifting load
+                    model, compiled, compile_error = runners[name]
+                    dec = decoders[name]
+
+                    def fwd(model=model):
+                        with torch.inference_mode(), autocast_context(precision, device):
+                            return model(x)
+
+                    def total(model=model, dec=dec):
+                        with torch.inference_mode():
+                            with autocast_context(precision, device):
+                                out = model(x)
+                            return dec(out)
+
+                    t_fwd = time_callable(fwd, device=device, warmup=warmup, repeats=repeats)
+                    outputs = fwd()
+                    with torch.inference_mode():
+                        t_dec = time_callable(lambda: dec(outputs), device=device, warmup=warmup, repeats=repeats)
+                    t_tot = time_callable(total, device=device, warmup=warmup, repeats=repeats)
+                    row = {
+                        "model": name,
+                        "size": size,
+                        "batch": b,
+                        "precision": precision,
+                        "channels_last": args.channels_last,
+                        "compiled": compiled,
+                        "compile_error": compile_error,
+                        "forward_ms_per_batch": t_fwd.median * 1e3,
+                        "forward_ms_per_img": t_fwd.median * 1e3 / b,
+                        "decode_ms_per_img": t_dec.median * 1e3 / b,
+                        "total_ms_per_img": t_tot.median * 1e3 / b,
+                        "img_per_s": b / t_tot.median,
+                        "gmac_per_img": gmac.get((name, size)),
+                        "params_m": params[name],
+                        "forward": t_fwd.as_dict(),
+                        "decode": t_dec.as_dict(),
+                        "total": t_tot.as_dict(),
+                    }
+                    rows.append(row)
+                    print(f"  {name:8s} {precision} S={size} B={b}: forward {row['forward_ms_per_img']:.1f} "
+                          f"decode {row['decode_ms_per_img']:.2f} total {row['total_ms_per_img']:.1f} ms/img",
+                          file=sys.stderr, flush=True)
+                del x
+
+    env = environment(device, cudnn_benchmark=torch.backends.cudnn.benchmark if cuda else None)
+    config = {
+        "models": args.models, "batch_sizes": batch_sizes, "sizes": args.sizes, "precisions": precisions,
+        "skipped_precisions": skipped, "num_classes": args.num_classes, "warmup": warmup, "repeats": repeats,
+        "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
+        "params_m": params, "decode_config": repr(DecodeConfig()),
+    }
+    return {"env": env, "config": config, "rows": rows, "issue3": issue3_summary(rows)}
+
+
+def issue3_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ratio ours / baseline forward time for every (precision, size, batch) where both ran."""
+    by_key = {(r["precision"], r["size"], r["batch"], r["model"]): r for r in rows}
+    out = []
+    for (prec, size, b, name), r in by_key.items():
+        if name != "ours" or (prec, size, b, "baseline") not in by_key:
+            continue
+        base = by_key[(prec, size, b, "baseline")]
+        ratio = r["forward_ms_per_img"] / base["forward_ms_per_img"]
+        out.append({"precision": prec, "size": size, "batch": b, "ours_ms": r["forward_ms_per_img"],
+                    "baseline_ms": base["forward_ms_per_img"], "ratio": ratio,
+                    "met": "yes" if ratio <= 1.0 else "no"})
+    return out
+
+
+def report(result: dict[str, Any]) -> str:
+    env, cfg = result["env"], result["config"]
+    lines = ["## Model speed", "", format_env(env), "",
+             f"warm-up {cfg['warmup']}, median of {cfg['repeats']} repeats; channels_last={cfg['channels_last']}, "
+             f"compile={cfg['compile']} ({cfg['compile_mode']}); C={cfg['num_classes']}; "
+             f"params (M): " + ", ".join(f"{k} {v:.2f}" for k, v in cfg["params_m"].items()), ""]
+    for msg in cfg["skipped_precisions"]:
+        lines.append(f"note: {msg}")
+    lines += [format_table(result["rows"], COLUMNS), ""]
+    if result["issue3"]:
+        lines += ["### Issue 3: ours / baseline forward time (target <= 1.0)", "",
+                  format_table(result["issue3"], [("precision", "precision"), ("size", "input"), ("batch", "batch"),
+                                                  ("ours_ms", "ours ms/img"), ("baseline_ms", "baseline ms/img"),
+                                                  ("ratio", "ratio"), ("met", "target met")]), ""]
+    lines += ["models: " + "; ".join(f"{k} = {MODEL_LABEL[k]}" for k in cfg["models"])]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print(report(result))
+    write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Shared helpers for the benchmark scripts: device choice, environment record, timing, tables, JSON.
+
+Legend: B batch, C classes, H/W map size (no tensors are built here; the scripts document their own).
+
+Every benchmark prints Markdown tables to stdout and, with ``--json PATH``, writes
+``{"env": environment(...), "config": {...}, "rows": [...]}`` so a figure in ``docs/benchmarks.md`` can be
+traced to the machine, the versions and the exact command that produced it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+__all__ = [
+    "REPO_ROOT",
+    "Timing",
+    "add_common_args",
+    "autocast_context",
+    "command_line",
+    "cpu_name",
+    "environment",
+    "format_env",
+    "format_table",
+    "resolve_device",
+    "resolve_precisions",
+    "setup_threads",
+    "synchronize",
+    "time_callable",
+    "write_json",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # allow `python benchmarks/bench_x.py` from a checkout without install
+    sys.path.insert(0, str(REPO_ROOT))
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def add_common_args(parser) -> None:
+    """Options every benchmark shares: ``--device``, ``--threads``, ``--json``."""
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto = cuda when available, else cpu (default: auto)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice, usually the core count)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="also write the results and environment as JSON to PATH")
+
+
+def setup_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads!r}")
+        torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU raises ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but torch.cuda.is_available() is False")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def cpu_bf16_supported() -> bool:
+    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # older / unusual builds
+        return False
+
+
+def resolve_precisions(requested: Sequence[str] | None, device: torch.device) -> tuple[list[str], list[str]]:
+    """Default precisions for ``device`` and the list of skipped ones with a reason.
+
+    fp16 runs only on CUDA (CPU fp16 convolutions are slow emulation); bf16 runs on CUDA when the GPU
+    supports it and on CPU when oneDNN has native bf16 kernels. Returns ``(run, skipped_messages)``.
+    """
+    if requested is None:
+        if device.type == "cuda":
+            requested = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
+        else:
+            requested = ["fp32"] + (["bf16"] if cpu_bf16_supported() else [])
+    run, skipped = [], []
+    for p in requested:
+        if p not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {p!r}")
+        if p == "fp16" and device.type != "cuda":
+            skipped.append("fp16 skipped: fp16 autocast is only benchmarked on CUDA")
+        elif p == "bf16" and device.type == "cpu" and not cpu_bf16_supported():
+            skipped.append("bf16 skipped: this CPU has no native bf16 kernels (oneDNN)")
+        elif p == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            skipped.append("bf16 skipped: this GPU does not support bf16")
+        else:
+            run.append(p)
+    return run, skipped
+
+
+def autocast_context(precision: str, device: torch.device):
+    """``torch.autocast`` for fp16/bf16, a no-op context for fp32."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds per call of ``repeats`` timed calls (after warm-up)."""
+
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def minimum(self) -> float:
+        return min(self.times)
+
+    def quantile(self, q: float) -> float:
+        s = sorted(self.times)
+        return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"median_s": self.median, "min_s": self.minimum, "p25_s": self.quantile(0.25),
+                "p75_s": self.quantile(0.75), "repeats": len(self.times)}
+
+
+def time_callable(fn: Callable[[], Any], *, device: torch.device, warmup: int = 2, repeats: int = 5) -> Timing:
+    """Median-of-repeats timing: ``warmup`` untimed calls, then ``repeats`` calls each bracketed by a
+    device synchronisation (``torch.cuda.synchronize`` on CUDA) and ``time.perf_counter``."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup!r}")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return Timing(times)
+
+
+def cpu_name() -> str:
+    """CPU model name from ``lscpu`` (falls back to /proc/cpuinfo, then platform.processor())."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def command_line() -> str:
+    """The exact command that is running, shell-quoted (interpreter + script + arguments)."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def environment(device: torch.device, **extra: Any) -> dict[str, Any]:
+    """Machine and software record stored with every result."""
+    import numpy
+
+    env: dict[str, Any] = {
+        "device": str(device),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "command": command_line(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    env.update(extra)
+    return env
+
+
+def format_env(env: dict[str, Any]) -> str:
+    """Short Markdown bullet list of the environment."""
+    keys = ("device", "cpu", "gpu", "torch_threads", "torch", "cuda", "python", "load_average", "command")
+    lines = []
+    for k in keys:
+        v = env.get(k)
+        if v is None:
+            continue
+        if k == "load_average":
+            v = ", ".join(f"{x:.2f}" for x in v)
+        lines.append(f"- {k}: `{v}`")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v != v:  # nan
+            return "nan"
+        if abs(v) >= 100:
+            return f"{v:.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        if abs(v) >= 0.01 or v == 0:
+            return f"{v:.2f}"
+        return f"{v:.2e}"
+    return str(v)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Markdown table; ``columns`` is a list of ``(key, header)``. Missing keys print ``-``."""
+    header = "| " + " | ".join(h for _, h in columns) + " |"
+    sep = "| " + " | ".join("---" for _ in columns) + " |"
+    body = ["| " + " | ".join(_fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([header, sep, *body])
+
+
+def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"\nwrote {path}")

@@ -1,0 +1,282 @@
+"""Box geometry, class-aware batched (soft-)NMS and the CornerNet Gaussian radius.
+
+Legend: B batch, N boxes (candidates), M boxes of a second set / NMS output slots.
+Boxes are ``(x1, y1, x2, y2)`` with continuous coordinates (area = (x2 - x1) * (y2 - y1),
+no "+1" pixel convention).
+
+Public API (``targets.py`` imports :func:`gaussian_radius` from here):
+
+- :func:`box_area`, :func:`box_iou`
+- :func:`gaussian_radius` -- radius of the corner / centre Gaussians used by the targets
+- :func:`soft_nms` -- batched, class-aware Gaussian / linear soft-NMS (and hard NMS)
+- :func:`batched_nms` -- batched, class-aware greedy hard NMS
+Both NMS functions return an :class:`NMSResult`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NMS_METHODS",
+    "NMSResult",
+    "batched_nms",
+    "box_area",
+    "box_iou",
+    "gaussian_radius",
+    "nms_decay_matrix",
+    "soft_nms",
+]
+
+NMS_METHODS = ("gaussian", "linear", "hard")
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of ``Tensor[..., 4]`` boxes -> ``Tensor[...]`` (negative extents count as 0)."""
+    w = (boxes[..., 2] - boxes[..., 0]).clamp_min(0)
+    h = (boxes[..., 3] - boxes[..., 1]).clamp_min(0)
+    return w * h
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU of ``Tensor[..., N, 4]`` and ``Tensor[..., M, 4]`` -> ``Tensor[..., N, M]``.
+
+    Leading dimensions broadcast.  A pair whose union is empty (two degenerate boxes) has IoU 0.
+    """
+    a = a.unsqueeze(-2)  # (..., N, 1, 4)
+    b = b.unsqueeze(-3)  # (..., 1, M, 4)
+    iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp_min(0)
+    ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp_min(0)
+    inter = iw * ih  # (..., N, M)
+    union = box_area(a) + box_area(b) - inter  # (..., N, M)
+    return torch.where(union > 0, inter / union.clamp_min(torch.finfo(inter.dtype).tiny), 0.0)
+
+
+def gaussian_radius(
+    height: Tensor | float,
+    width: Tensor | float,
+    min_overlap: float = 0.7,
+    *,
+    variant: str = "exact",
+) -> Tensor:
+    """CornerNet's Gaussian radius for boxes of size ``height`` x ``width`` (broadcasting tensors).
+
+    The radius r is the smallest of three cases, each a quadratic in r, such that moving the two
+    corners of a box by up to r (per axis) still gives IoU >= ``min_overlap`` with the box:
+
+    - both corners move inwards:   (h - 2r)(w - 2r) / (h w) >= o
+      -> 4 r^2 - 2 (h + w) r + (1 - o) h w >= 0, smaller root;
+    - both corners move outwards:  h w / ((h + 2r)(w + 2r)) >= o
+      -> 4 o r^2 + 2 o (h + w) r - (1 - o) h w <= 0, positive root;
+    - the box is shifted by (r, r): (h - r)(w - r) / (2 h w - (h - r)(w - r)) >= o
+      -> r^2 - (h + w) r + h w (1 - o) / (1 + o) >= 0, smaller root.
+
+    ``variant="exact"`` (default) returns the exact roots above (IoU is exactly ``min_overlap`` at
+    the binding case).  ``variant="cornernet"`` reproduces the numbers of the CornerNet / CenterNet
+    reference training code, which takes the larger root in the first two cases and divides by 2
+    instead of 2a; its radii are larger (about 0.27 x side for a square and min_overlap 0.7, against 0.08 x side
+    for "exact"), i.e. wider Gaussians.
+
+    Returns a float tensor (>= 0, not rounded) with the broadcast shape of the inputs.
+    """
+    if not 0.0 < float(min_overlap) < 1.0:
+        raise ValueError(f"min_overlap must be in (0, 1), got {min_overlap!r}")
+    if variant not in ("exact", "cornernet"):
+        raise ValueError(f"variant must be 'exact' or 'cornernet', got {variant!r}")
+    h = torch.as_tensor(height)
+    w = torch.as_tensor(width)
+    dtype = torch.promote_types(torch.promote_types(h.dtype, w.dtype), torch.float32)
+    h = h.to(dtype)
+    w = w.to(dtype)
+    o = float(min_overlap)
+    s, p = h + w, h * w  # sum and product of the sides
+    # shifted box: r^2 - s r + p (1 - o) / (1 + o) = 0
+    sq1 = (s * s - 4.0 * p * (1.0 - o) / (1.0 + o)).clamp_min(0).sqrt()
+    # both corners inwards: 4 r^2 - 2 s r + (1 - o) p = 0
+    sq2 = (4.0 * s * s - 16.0 * (1.0 - o) * p).clamp_min(0).sqrt()
+    # both corners outwards: 4 o r^2 + 2 o s r - (1 - o) p = 0
+    sq3 = (4.0 * o * o * s * s + 16.0 * o * (1.0 - o) * p).clamp_min(0).sqrt()
+    if variant == "exact":
+        r1 = (s - sq1) / 2.0
+        r2 = (2.0 * s - sq2) / 8.0
+        r3 = (-2.0 * o * s + sq3) / (8.0 * o)
+    else:
+        r1 = (s + sq1) / 2.0
+        r2 = (2.0 * s + sq2) / 2.0
+        r3 = (-2.0 * o * s + sq3) / 2.0
+    return torch.minimum(torch.minimum(r1, r2), r3).clamp_min(0)
+
+
+class NMSResult(NamedTuple):
+    """Output of :func:`soft_nms` / :func:`batched_nms`, rows sorted by (decayed) score.
+
+    boxes ``Tensor[B, M, 4]``, scores ``Tensor[B, M]`` (decayed scores for soft-NMS),
+    labels ``Tensor[B, M]`` long, indices ``Tensor[B, M]`` long (row of the input box).
+    Invalid rows: boxes 0, score 0, label -1, index -1; valid rows come first.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    indices: Tensor
+
+
+def nms_decay_matrix(
+    boxes: Tensor,
+    labels: Tensor | None,
+    *,
+    method: str,
+    sigma: float = 0.5,
+    iou_threshold: float = 0.5,
+) -> Tensor:
+    """Score multipliers ``Tensor[B, N, N]``: entry (i, j) multiplies box j's score when box i is kept.
+
+    gaussian: exp(-iou^2 / sigma); linear: 1 - iou where iou > iou_threshold else 1;
+    hard: 0 where iou > iou_threshold else 1.  Boxes of different labels never decay each other (1).
+    """
+    iou = box_iou(boxes, boxes)  # (B, N, N)
+    if method == "gaussian":
+        w = torch.exp(-(iou * iou) / sigma)
+    elif method == "linear":
+        w = torch.where(iou > iou_threshold, 1.0 - iou, 1.0)
+    elif method == "hard":
+        w = torch.where(iou > iou_threshold, 0.0, 1.0).to(iou.dtype)
+    else:
+        raise ValueError(f"method must be one of {NMS_METHODS}, got {method!r}")
+    if labels is not None:
+        same = labels.unsqueeze(-1) == labels.unsqueeze(-2)  # (B, N, N)
+        w = torch.where(same, w, 1.0)
+    return w
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor | None = None,
+    *,
+    max_out: int,
+    method: str = "gaussian",
+    sigma: float = 0.5,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.0,
+    host_sync: bool = True,
+) -> NMSResult:
+    """Batched class-aware soft-NMS (Bodla et al. 2017); ``method="hard"`` gives greedy NMS.
+
+    Args:
+        boxes: ``Tensor[B, N, 4]`` (or ``Tensor[N, 4]``, then outputs have no batch dim).
+        scores: ``Tensor[B, N]``; a candidate is valid when its score > ``score_threshold``
+            (and its label >= 0).  Scores should be >= 0.
+        labels: ``Tensor[B, N]`` long or None (class-agnostic).  Different labels never suppress
+            each other; label < 0 marks an invalid candidate.
+        max_out: number of output rows M (kept boxes, padded with invalid rows).
+        method: "gaussian" (score *= exp(-iou^2/sigma)), "linear" (score *= 1 - iou if
+            iou > iou_threshold) or "hard" (drop if iou > iou_threshold).
+        host_sync: allow one device->host sync to drop invalid candidates first (faster when
+            few are valid); False keeps the whole computation sync-free.
+
+    Each of the ``min(max_out, N)`` iterations takes, for every image at once, the remaining
+    box with the highest current score (ties: lowest input index), outputs it with that score and
+    multiplies the scores of the remaining same-class boxes by the decay factor.  Kept scores are
+    non-increasing, so the M rows are the M best of a full soft-NMS run; a box whose decayed
+    score drops to <= ``score_threshold`` is never output.
+    """
+    if method not in NMS_METHODS:
+        raise ValueError(f"method must be one of {NMS_METHODS}, got {method!r}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold!r}")
+    if int(max_out) != max_out or max_out < 0:
+        raise ValueError(f"max_out must be an int >= 0, got {max_out!r}")
+    if not score_threshold >= 0:
+        raise ValueError(f"score_threshold must be >= 0, got {score_threshold!r}")
+    unbatched = boxes.dim() == 2
+    if unbatched:
+        boxes, scores = boxes.unsqueeze(0), scores.unsqueeze(0)
+        labels = None if labels is None else labels.unsqueeze(0)
+    if boxes.dim() != 3 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:2]:
+        raise ValueError(
+            f"expected boxes (B, N, 4) and scores (B, N), got {tuple(boxes.shape)} and {tuple(scores.shape)}"
+        )
+    if labels is not None and labels.shape != scores.shape:
+        raise ValueError(f"labels must have shape {tuple(scores.shape)}, got {tuple(labels.shape)}")
+    B, N = scores.shape
+    M = int(max_out)
+    dev = boxes.device
+    scores = scores.float()
+    valid = scores > score_threshold
+    if labels is not None:
+        valid &= labels >= 0
+    s = torch.where(valid, scores, -1.0)  # (B, N), -1 = not a candidate
+    # Stable sort so that ties resolve to the lowest input index, as in a plain argmax.
+    s, order = torch.sort(s, dim=1, descending=True, stable=True)  # (B, N)
+    if host_sync and N > 0:
+        n_keep = int(valid.sum(1).max())  # the one host sync: largest number of candidates
+        s, order = s[:, :n_keep], order[:, :n_keep]
+    N2 = s.shape[1]
+    sboxes = boxes.float().gather(1, order.unsqueeze(-1).expand(B, N2, 4))  # (B, N2, 4)
+    slabels = None if labels is None else labels.gather(1, order)  # (B, N2)
+
+    steps = min(M, N2)
+    if steps > 0:
+        decay = nms_decay_matrix(sboxes, slabels, method=method, sigma=sigma, iou_threshold=iou_threshold)
+        picks, picked_scores = [], []
+        for _ in range(steps):
+            i = s.argmax(1, keepdim=True)  # (B, 1)
+            picks.append(i)
+            picked_scores.append(s.gather(1, i))
+            s = s * decay.gather(1, i.unsqueeze(-1).expand(B, 1, N2)).squeeze(1)  # (B, N2)
+            s = s.scatter(1, i, -1.0)
+        pick = torch.cat(picks, 1)  # (B, steps)
+        kept = torch.cat(picked_scores, 1)  # (B, steps)
+    else:
+        pick = torch.zeros(B, 0, dtype=torch.long, device=dev)
+        kept = torch.zeros(B, 0, dtype=torch.float32, device=dev)
+    ok = kept > score_threshold  # (B, steps); kept scores are non-increasing -> valid rows first
+    out_boxes = torch.zeros(B, M, 4, dtype=torch.float32, device=dev)
+    out_scores = torch.zeros(B, M, dtype=torch.float32, device=dev)
+    out_labels = torch.full((B, M), -1, dtype=torch.long, device=dev)
+    out_idx = torch.full((B, M), -1, dtype=torch.long, device=dev)
+    if steps > 0:
+        pb = sboxes.gather(1, pick.unsqueeze(-1).expand(B, steps, 4))  # (B, steps, 4)
+        out_boxes[:, :steps] = torch.where(ok.unsqueeze(-1), pb, 0.0)
+        out_scores[:, :steps] = torch.where(ok, kept, 0.0)
+        if slabels is None:
+            out_labels[:, :steps] = torch.where(ok, 0, -1)
+        else:
+            out_labels[:, :steps] = torch.where(ok, slabels.gather(1, pick).long(), -1)
+        out_idx[:, :steps] = torch.where(ok, order.gather(1, pick), -1)
+    res = NMSResult(out_boxes, out_scores, out_labels, out_idx)
+    if unbatched:
+        res = NMSResult(*(t.squeeze(0) for t in res))
+    return res
+
+
+def batched_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor | None = None,
+    *,
+    max_out: int,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.0,
+    host_sync: bool = True,
+) -> NMSResult:
+    """Batched class-aware greedy hard NMS: keep the best box, drop same-class boxes with
+    IoU > ``iou_threshold``, repeat.  Shapes and outputs as :func:`soft_nms` (scores unchanged).
+    """
+    return soft_nms(
+        boxes,
+        scores,
+        labels,
+        max_out=max_out,
+        method="hard",
+        iou_threshold=iou_threshold,
+        score_threshold=score_threshold,
+        host_sync=host_sync,
+    )
+

@@ -1,0 +1,148 @@
+"""Export a trained model to ONNX and TorchScript, with the class names and input size stored.
+
+Usage:
+    centernet-export --weights models/centernet_vehicles.safetensors --onnx out/model.onnx
+    centernet-export --weights W.safetensors --torchscript out/model.pt --batch-size 4 --input-size 512
+
+The exported graphs take ``images`` Tensor[B, 3, H, W] (RGB, ImageNet-normalised, see
+``preprocess``) and return the eight heads in ``model.OUTPUT_NAMES`` order; decoding stays in
+``decode.decode`` (batched tensor ops) so every runtime shares one decoder. The batch dimension is
+dynamic in ONNX; H and W are fixed to the stored input size.
+
+Metadata: ONNX ``metadata_props`` and TorchScript ``_extra_files`` hold ``class_names`` (JSON list),
+``input_size`` (JSON [H, W]), ``output_names`` (JSON list) and ``model_config`` (JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .model import OUTPUT_NAMES, CenterNetTriplet
+
+__all__ = ["ExportConfig", "export_onnx", "export_torchscript", "main"]
+
+
+@dataclass
+class ExportConfig:
+    weights: Path  # .safetensors model written by centernet-train / weights.save_model
+    onnx: Path | None = None  # output ONNX path
+    torchscript: Path | None = None  # output TorchScript path
+    input_size: int | None = None  # square input size; None = the size stored with the weights
+    batch_size: int = 1  # example batch used for tracing (ONNX keeps the batch dynamic)
+    opset: int = 17  # ONNX opset
+
+    def __post_init__(self) -> None:
+        if self.onnx is None and self.torchscript is None:
+            raise ValueError("nothing to do: give --onnx and/or --torchscript")
+        if self.input_size is not None and (self.input_size <= 0 or self.input_size % 32):
+            raise ValueError(f"input_size must be a positive multiple of 32, got {self.input_size!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+
+
+def _metadata(model: CenterNetTriplet, input_size: tuple[int, int], class_names: list[str]) -> dict[str, str]:
+    return {
+        "class_names": json.dumps(list(class_names)),
+        "input_size": json.dumps(list(input_size)),
+        "output_names": json.dumps(list(OUTPUT_NAMES)),
+        "model_config": model.cfg.to_json(),
+    }
+
+
+class _TupleModel(torch.nn.Module):
+    def __init__(self, model: CenterNetTriplet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor):
+        out = self.model(images)
+        return tuple(out[k] for k in OUTPUT_NAMES)
+
+
+def export_onnx(
+    model: CenterNetTriplet,
+    path: str | Path,
+    *,
+    input_size: tuple[int, int],
+    class_names: list[str],
+    batch_size: int = 1,
+    opset: int = 17,
+) -> Path:
+    """Export to ONNX (dynamic batch) and attach metadata. Returns the path."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = _TupleModel(model.float().cpu()).eval()  # eval on the wrapper: exporters restore its mode recursively
+    example = torch.zeros(batch_size, 3, *input_size)
+    torch.onnx.export(
+        wrapped,
+        (example,),
+        str(path),
+        input_names=["images"],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={"images": {0: "batch"}, **{k: {0: "batch"} for k in OUTPUT_NAMES}},
+        opset_version=opset,
+        dynamo=False,
+    )
+    proto = onnx.load(str(path))
+    for key, value in _metadata(model, input_size, class_names).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    return path
+
+
+def export_torchscript(
+    model: CenterNetTriplet,
+    path: str | Path,
+    *,
+    input_size: tuple[int, int],
+    class_names: list[str],
+    batch_size: int = 1,
+) -> Path:
+    """Trace to TorchScript with the metadata in ``_extra_files``. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = _TupleModel(model.float().cpu()).eval()  # eval on the wrapper: exporters restore its mode recursively
+    example = torch.zeros(batch_size, 3, *input_size)
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapped, (example,), check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files=_metadata(model, input_size, class_names))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .weights import WeightsError, load_model
+
+    parser = argparse.ArgumentParser(prog="centernet-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--onnx", type=Path)
+    parser.add_argument("--torchscript", type=Path)
+    parser.add_argument("--input-size", type=int)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--opset", type=int, default=17)
+    args = parser.parse_args(argv)
+    try:
+        cfg = ExportConfig(**vars(args))
+        model, meta = load_model(cfg.weights)
+    except (ValueError, WeightsError) as exc:
+        print(f"centernet-export: error: {exc}", file=sys.stderr)
+        return 2
+    size = (cfg.input_size, cfg.input_size) if cfg.input_size else tuple(meta.input_size)
+    if cfg.onnx:
+        export_onnx(model, cfg.onnx, input_size=size, class_names=meta.class_names, batch_size=cfg.batch_size, opset=cfg.opset)
+        print(f"wrote {cfg.onnx} (input {size[0]}x{size[1]}, {len(meta.class_names)} classes)")
+    if cfg.torchscript:
+        export_torchscript(model, cfg.torchscript, input_size=size, class_names=meta.class_names, batch_size=cfg.batch_size)
+        print(f"wrote {cfg.torchscript} (input {size[0]}x{size[1]}, {len(meta.class_names)} classes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
