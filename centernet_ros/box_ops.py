@@ -214,7 +214,7 @@ def soft_nms(
     s = torch.where(valid, scores, -1.0)  # (B, N), -1 = not a candidate
     # Stable sort so that ties resolve to the lowest input index, as in a plain argmax.
     s, order = torch.sort(s, dim=1, descending=True, stable=True)  # (B, N)
-    if host_sync and N > 0:
+    if host_sync and N > 0 and B > 0:
         n_keep = int(valid.sum(1).max())  # the one host sync: largest number of candidates
         s, order = s[:, :n_keep], order[:, :n_keep]
     N2 = s.shape[1]

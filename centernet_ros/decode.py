@@ -108,13 +108,40 @@ def _empty(B: int, D: int, device: torch.device) -> Detections:
     )
 
 
+def _max_filter(heat: Tensor, kernel: int, *, separable: bool | None = None) -> Tensor:
+    """Max over each ``kernel`` x ``kernel`` window (stride 1, -inf padding) of ``Tensor[B, C, H, W]``.
+
+    ``F.max_pool2d`` on CUDA; on CPU a separable max of shifted views, which is exact and much
+    faster there than the CPU max-pool kernel for stride 1.
+    """
+    if separable is None:
+        separable = heat.device.type == "cpu"
+    r = (kernel - 1) // 2
+    if not separable or r == 0:
+        return F.max_pool2d(heat, kernel, stride=1, padding=r)
+    H, W = heat.shape[-2:]
+    p = F.pad(heat, (r, r, r, r), value=float("-inf"))  # (B, C, H + 2r, W + 2r)
+    rows = p[..., :, 0:W]
+    for d in range(1, kernel):
+        rows = torch.maximum(rows, p[..., :, d : d + W])  # (B, C, H + 2r, W)
+    out = rows[..., 0:H, :]
+    for d in range(1, kernel):
+        out = torch.maximum(out, rows[..., d : d + H, :])  # (B, C, H, W)
+    return out
+
+
 def _topk_keypoints(heat: Tensor, regr: Tensor, k: int, kernel: int) -> _Keypoints:
     """Peaks of ``Tensor[B, C, H, W]`` logits -> top-k keypoints with offsets from ``regr[B, 2, H, W]``."""
     B, C, H, W = heat.shape
     heat = torch.sigmoid(heat.float())
-    hmax = F.max_pool2d(heat, kernel, stride=1, padding=(kernel - 1) // 2)
+    hmax = _max_filter(heat, kernel)
     heat = heat.masked_fill(hmax != heat, 0.0)  # keep local maxima only
-    scores, inds = heat.view(B, -1).topk(k, dim=1)  # (B, K)
+    scores, inds = heat.reshape(B, C * H * W).topk(k, dim=1)  # (B, K)
+    # Deterministic order on every device: score descending, then flat index ascending.
+    inds, perm = inds.sort(dim=1)
+    scores = scores.gather(1, perm)
+    scores, perm = scores.sort(dim=1, descending=True, stable=True)
+    inds = inds.gather(1, perm)  # (B, K)
     labels = torch.div(inds, H * W, rounding_mode="floor")  # (B, K)
     pix = inds - labels * (H * W)  # (B, K)
     ys = torch.div(pix, W, rounding_mode="floor")
@@ -156,19 +183,20 @@ def decode(
         :class:`Detections` with ``D = cfg.max_per_image`` rows per image, on the outputs' device.
     """
     cfg = DecodeConfig() if cfg is None else cfg
+    keys = ["tl_heat", "br_heat", "tl_tag", "br_tag", "tl_regr", "br_regr"]
+    if cfg.mode == "triplet":
+        keys += ["ct_heat", "ct_regr"]
+    for key in keys:
+        if key not in outputs:
+            raise ValueError(f"outputs lack {key!r} (have {sorted(outputs)})")
     tl_heat = outputs["tl_heat"]
     if tl_heat.dim() != 4:
         raise ValueError(f"tl_heat must be (B, C, H, W), got {tuple(tl_heat.shape)}")
     B, C, H, W = tl_heat.shape
     dev = tl_heat.device
     D = cfg.max_per_image
-    keys = ["tl_heat", "br_heat", "tl_tag", "br_tag", "tl_regr", "br_regr"]
-    if cfg.mode == "triplet":
-        keys += ["ct_heat", "ct_regr"]
     want = {"heat": (B, C, H, W), "tag": (B, 1, H, W), "regr": (B, 2, H, W)}
     for key in keys:
-        if key not in outputs:
-            raise ValueError(f"outputs lack {key!r} (have {sorted(outputs)})")
         if tuple(outputs[key].shape) != want[key.split("_")[1]]:
             raise ValueError(f"{key} must have shape {want[key.split('_')[1]]}, got {tuple(outputs[key].shape)}")
     scale = _as_batch(scale, B, (), "scale", dev)
@@ -190,9 +218,10 @@ def decode(
     bad |= br.xs.unsqueeze(1) < tl.xs.unsqueeze(2)
     bad |= br.ys.unsqueeze(1) < tl.ys.unsqueeze(2)
     bad |= (tl.scores.unsqueeze(2) <= 0) | (br.scores.unsqueeze(1) <= 0)  # non-peak fillers
-    pair = pair.masked_fill(bad, -1.0).view(B, K * K)  # (B, K*K)
+    pair = pair.masked_fill(bad, -1.0).reshape(B, K * K)  # (B, K*K)
     N = min(cfg.num_dets, K * K)
-    score, pidx = pair.topk(N, dim=1)  # (B, N)
+    score, pidx = pair.sort(dim=1, descending=True, stable=True)  # ties: lower pair index first
+    score, pidx = score[:, :N], pidx[:, :N]  # (B, N)
     ti = torch.div(pidx, K, rounding_mode="floor")  # (B, N) tl index
     bi = pidx - ti * K  # (B, N) br index
     boxes = torch.stack(
@@ -226,7 +255,8 @@ def decode(
     labels = torch.where(ok, labels, -1)
     if cfg.nms == "none":
         M = min(D, N)
-        top, order = score.topk(M, dim=1)  # (B, M)
+        top, order = score.sort(dim=1, descending=True, stable=True)
+        top, order = top[:, :M], order[:, :M]  # (B, M)
         keep = top > cfg.score_threshold
         out_boxes = torch.zeros(B, D, 4, device=dev)
         out_scores = torch.zeros(B, D, device=dev)

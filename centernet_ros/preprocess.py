@@ -100,18 +100,19 @@ def letterbox(
         :class:`LetterboxParams`.  One ``interpolate`` call per distinct input size.
     """
     H, W = _check_size(size)
+    groups: dict[tuple[int, int], list[int]] = {}  # image size -> indices into the batch
     if isinstance(images, (Tensor, np.ndarray)):
-        batch = torch.as_tensor(images)
+        batch = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
         if batch.dim() != 4:
             raise ValueError(f"images tensor must be (B, H, W, 3), got shape {tuple(batch.shape)}")
         imgs = [batch]  # one group, already stacked
-        groups = {tuple(batch.shape[1:3]): [0]} if batch.shape[0] > 0 else {}
+        if batch.shape[0] > 0:
+            groups[tuple(batch.shape[1:3])] = list(range(batch.shape[0]))
         sizes = [tuple(batch.shape[1:3])] * batch.shape[0]
         stacked = True
     else:
-        imgs = [torch.as_tensor(im) for im in images]
+        imgs = [torch.from_numpy(np.ascontiguousarray(im)) if isinstance(im, np.ndarray) else im for im in images]
         sizes = [tuple(im.shape[:2]) for im in imgs]
-        groups: dict[tuple[int, int], list[int]] = {}
         for i, hw in enumerate(sizes):
             groups.setdefault(hw, []).append(i)
         stacked = False
@@ -142,14 +143,14 @@ def letterbox(
         if stacked:
             x = imgs[0].to(device, non_blocking=True)  # (B, h, w, 3)
         else:
-            x = torch.stack([imgs[i].to(device, non_blocking=True) for i in idx])  # (n, h, w, 3)
+            x = torch.stack([imgs[i] for i in idx]).to(device, non_blocking=True)  # (n, h, w, 3)
         if bgr:
             x = x.flip(-1)  # BGR -> RGB
         x = x.permute(0, 3, 1, 2).float()  # (n, 3, h, w) RGB
         if (nh, nw) != hw:
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
         x = x * mul + add  # (n, 3, nh, nw)
-        if stacked:
+        if stacked or len(idx) == B:
             out[:, :, oy : oy + nh, ox : ox + nw] = x
         else:
             out[torch.tensor(idx, device=device), :, oy : oy + nh, ox : ox + nw] = x

@@ -29,7 +29,8 @@ def _to_numpy(x) -> np.ndarray:
 def _keypoints(heat: np.ndarray, regr: np.ndarray, k: int, kernel: int):
     """heat (C, H, W) logits, regr (2, H, W) -> scores, labels, xs, ys, pix for the top-k peaks."""
     C, H, W = heat.shape
-    prob = (1.0 / (1.0 + np.exp(-heat.astype(np.float64)))).astype(np.float32)
+    with np.errstate(over="ignore"):  # exp(large) = inf -> probability 0
+        prob = (1.0 / (1.0 + np.exp(-heat.astype(np.float64)))).astype(np.float32)
     r = (kernel - 1) // 2
     padded = np.pad(prob, ((0, 0), (r, r), (r, r)), constant_values=-np.inf)
     hmax = np.full_like(prob, -np.inf)

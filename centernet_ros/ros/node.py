@@ -171,7 +171,17 @@ class BatchSettings:
 
 _STATIC = {f.name for f in fields(NodeSettings)}
 _BATCH = {f.name for f in fields(BatchSettings)}
-_DECODE = {f.name for f in fields(DecodeConfig)}
+# ROS parameter name -> DecodeConfig field. ``stride`` follows the model and ``host_sync`` is an
+# implementation detail, so neither is a parameter; three fields get clearer names on the ROS side.
+_DECODE_RENAMED = {"decode_mode": "mode", "nms_method": "nms", "max_detections": "max_per_image"}
+_DECODE_HIDDEN = {"stride", "host_sync"}
+_DECODE = {
+    {v: k for k, v in _DECODE_RENAMED.items()}.get(f.name, f.name): f.name
+    for f in fields(DecodeConfig)
+    if f.name not in _DECODE_HIDDEN
+}
+# Node defaults that differ from DecodeConfig's (which are the paper's evaluation settings).
+_DECODE_DEFAULTS = {"score_threshold": 0.3}
 
 _DESCRIPTIONS = {
     "weights": "model file (.safetensors); empty = bundled models/" + DEFAULT_MODEL,
@@ -189,6 +199,19 @@ _DESCRIPTIONS = {
     "autostart": "configure and activate on start",
     "max_batch_size": "most camera frames in one forward pass",
     "max_batch_latency_ms": "longest wait for more cameras after the first pending frame",
+    "score_threshold": "publish detections with score > this, in [0, 1)",
+    "ae_threshold": "max |tl_tag - br_tag| embedding distance of a corner pair (> 0)",
+    "topk": "keypoints kept per heatmap",
+    "num_dets": "best corner pairs kept before the centre check",
+    "kernel": "max-pool window of the peak test (odd)",
+    "decode_mode": "triplet (corner pair + centre keypoint) | pairs (corners only, CornerNet)",
+    "small_area": "box area (input px^2) up to which n_small applies",
+    "n_small": "central-region scale n for small boxes",
+    "n_large": "central-region scale n for large boxes",
+    "nms_method": "soft | soft_linear | hard | none",
+    "nms_sigma": "Gaussian soft-NMS sigma (> 0)",
+    "nms_iou": "IoU threshold of hard / linear soft NMS, in [0, 1]",
+    "max_detections": "most detections published per image",
 }
 
 
@@ -260,8 +283,8 @@ class DetectorNode(LifecycleNode):
         for f in fields(BatchSettings):
             self._declare(f.name, f.default)
         decode_defaults = DecodeConfig()
-        for f in fields(DecodeConfig):
-            self._declare(f.name, _ros_value(getattr(decode_defaults, f.name)))
+        for ros_name, field_name in _DECODE.items():
+            self._declare(ros_name, _ros_value(_DECODE_DEFAULTS.get(ros_name, getattr(decode_defaults, field_name))))
         self._decode_cfg = self._read_decode()
         self._batch = self._read_batch()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -292,8 +315,9 @@ class DetectorNode(LifecycleNode):
 
     def _read_decode(self, overrides: dict[str, Any] | None = None) -> DecodeConfig:
         template = DecodeConfig()
-        vals = self._values(_DECODE, overrides)
-        return DecodeConfig(**{k: _from_ros(getattr(template, k), v) for k, v in vals.items()})
+        vals = self._values(set(_DECODE), overrides)
+        kwargs = {_DECODE[k]: _from_ros(getattr(template, _DECODE[k]), v) for k, v in vals.items()}
+        return DecodeConfig(**kwargs)
 
     def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
         new = {p.name: p.value for p in params}
@@ -308,9 +332,9 @@ class DetectorNode(LifecycleNode):
             if static:
                 self._read_settings(new)
             batch = self._read_batch(new) if _BATCH & set(new) else None
-            decode = self._read_decode(new) if _DECODE & set(new) else None
+            decode = self._read_decode(new) if set(_DECODE) & set(new) else None
         except (ValueError, TypeError) as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
+            return SetParametersResult(successful=False, reason=f"rejected {', '.join(sorted(new))}: {exc}")
         with self._lock:
             if batch is not None:
                 self._batch = batch
@@ -398,7 +422,8 @@ class DetectorNode(LifecycleNode):
 
     def _deactivate(self) -> None:
         with self._lock:
-            self._state = "inactive"
+            if self._state == "active":
+                self._state = "inactive"
             self._stop.set()
             self._lock.notify_all()
         for cam in self._cams:
@@ -443,6 +468,11 @@ class DetectorNode(LifecycleNode):
         if self._state == "inactive" and self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
             return False
         return self._state == "active"
+
+    def close(self) -> None:
+        """Stop the worker, free the model and destroy the publishers (before ``destroy_node``)."""
+        self._deactivate()
+        self._destroy_publishers()
 
     @property
     def state(self) -> str:
@@ -670,7 +700,7 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node._deactivate()
+        node.close()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

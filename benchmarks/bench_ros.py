@@ -1,0 +1,577 @@
+#!/usr/bin/env python3
+"""End to end through ROS 2: N simulated cameras -> ``centernet_detector`` node -> Detection2DArray.
+
+Legend: N cameras, B frames in one forward pass (<= N), H/W camera image size, D detections of a frame.
+
+For every camera count N x image size, the script starts the detector node in its own process
+(``python -m centernet_ros.ros.node`` with a generated parameter file, on a private ``ROS_DOMAIN_ID``
+and localhost-only discovery, topics under ``/bench``), then publishes real ``sensor_msgs/Image``
+frames (``bgr8``, frames of the traffic clip resized to the camera size, or synthetic frames when the
+clip is missing) on N topics:
+
+- ``--rate 0`` (default): closed loop, as fast as the node can go: each camera sends its next frame as
+  soon as the detections of its previous frame arrived (timeout ``--loop-timeout``), so the node is
+  always busy and batches up to N frames without dropping any;
+- ``--rate R``: every camera publishes at R Hz; frames the node cannot keep up with are dropped by it
+  (newest frame wins) and counted.
+
+Measured over ``--duration`` seconds after ``--warmup`` seconds:
+
+- latency p50 / p99: arrival of the Detection2DArray minus its ``header.stamp`` (the stamp the camera
+  set when publishing; both clocks are this process's ROS clock), i.e. camera -> node -> camera;
+- node latency p50 / p99: the node's own receive -> publish latency from ``/diagnostics``;
+- frames/s and detections/s answered, mean batch size and frames dropped (node counters from
+  ``/diagnostics``: ``dropped`` = overwritten before processing; ``lost`` = published, never answered).
+
+Then, with the node stopped, the same pipeline the node runs per batch is timed stage by stage in this
+process with B = N frames (``rclpy`` deserialisation of the Image messages, ``image_msg_to_array``,
+``Detector.preprocess``, the model forward, decode + host copy inside ``Detector.detect``,
+``detections_to_msg`` and serialisation of the Detection2DArray). "overhead" = everything but the forward,
+as a fraction of the forward (target < 10 %).
+
+Example::
+
+    python benchmarks/bench_ros.py --device cpu --cameras 1 2 4 8 --resolutions 640x360 1280x720 \\
+        --input-size 192 320 --json out/bench_ros_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    REPO_ROOT,
+    add_common_args,
+    environment,
+    format_env,
+    format_table,
+    resolve_device,
+    setup_threads,
+    time_callable,
+    write_json,
+)
+
+DEFAULT_VIDEO = REPO_ROOT.parent / "shared" / "data" / "video" / "slow_traffic_small.mp4"
+DEFAULT_WEIGHTS = REPO_ROOT / "models" / "centernet_vehicles.safetensors"
+TOPIC_PREFIX = "/bench"
+
+E2E_COLUMNS = [
+    ("cameras", "cameras"),
+    ("resolution", "image"),
+    ("rate", "rate/cam"),
+    ("fps", "frames/s"),
+    ("dets_per_s", "detections/s"),
+    ("latency_p50_ms", "latency p50 ms"),
+    ("latency_p99_ms", "latency p99 ms"),
+    ("node_latency_p50_ms", "node p50 ms"),
+    ("node_latency_p99_ms", "node p99 ms"),
+    ("mean_batch", "mean batch"),
+    ("published", "published"),
+    ("dropped", "dropped (node)"),
+    ("lost", "lost"),
+]
+STAGE_COLUMNS = [
+    ("batch", "batch"),
+    ("resolution", "image"),
+    ("deserialize_ms", "deserialize"),
+    ("convert_ms", "to array"),
+    ("preprocess_ms", "preprocess"),
+    ("forward_ms", "forward"),
+    ("decode_ms", "decode+copy"),
+    ("to_msg_ms", "to msg"),
+    ("serialize_ms", "serialize"),
+    ("pipeline_ms", "pipeline"),
+    ("overhead_ms", "overhead"),
+    ("overhead_pct", "overhead % of forward"),
+]
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"640x360"`` -> (W, H)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolution must look like 640x360, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"resolution must be positive, got {text!r}")
+    return w, h
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--cameras", nargs="+", type=int, default=[1, 2, 4, 8], help="camera counts N")
+    p.add_argument("--resolutions", nargs="+", type=parse_resolution, default=[(640, 360), (1280, 720)],
+                   help="camera image sizes WxH")
+    p.add_argument("--rate", type=float, default=0.0, help="Hz per camera; 0 = closed loop (as fast as possible)")
+    p.add_argument("--input-size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="network input (multiples of 32); default 192 320 on CPU, 384 640 on CUDA")
+    p.add_argument("--weights", type=Path, default=None,
+                   help=f"model file; default {DEFAULT_WEIGHTS.relative_to(REPO_ROOT)} if present, else a random-weight model")
+    p.add_argument("--num-classes", type=int, default=5, help="classes of the random-weight model")
+    p.add_argument("--score-threshold", type=float, default=0.3, help="node parameter score_threshold")
+    p.add_argument("--max-batch-size", type=int, default=8, help="node parameter max_batch_size")
+    p.add_argument("--max-batch-latency-ms", type=float, default=5.0, help="node parameter max_batch_latency_ms")
+    p.add_argument("--fp16", action="store_true", help="node parameter fp16 (CUDA only)")
+    p.add_argument("--duration", type=float, default=6.0, help="measured seconds per configuration")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of traffic before measuring")
+    p.add_argument("--loop-timeout", type=float, default=2.0, help="closed loop: resend after this many seconds")
+    p.add_argument("--node-threads", type=int, default=None, help="OMP_NUM_THREADS of the node process")
+    p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for the node to be active")
+    p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="clip the camera frames come from")
+    p.add_argument("--stage-repeats", type=int, default=5, help="timed repeats of the stage breakdown")
+    p.add_argument("--no-stages", action="store_true", help="skip the in-process stage breakdown")
+    args = p.parse_args(argv)
+    if any(n < 1 for n in args.cameras):
+        p.error(f"--cameras must be >= 1, got {args.cameras!r}")
+    if args.rate < 0:
+        p.error(f"--rate must be >= 0, got {args.rate!r}")
+    if args.input_size is not None and any(v < 32 or v % 32 for v in args.input_size):
+        p.error(f"--input-size must be positive multiples of 32, got {args.input_size!r}")
+    if args.duration <= 0 or args.warmup < 0:
+        p.error(f"--duration must be > 0 and --warmup >= 0, got {args.duration!r}, {args.warmup!r}")
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# Frames and model file
+# --------------------------------------------------------------------------------------------------
+
+
+def load_frames(video: Path, size: tuple[int, int], count: int = 8) -> list[np.ndarray]:
+    """``count`` BGR frames ``uint8[H, W, 3]`` of ``video`` resized to ``size`` (W, H); synthetic if unreadable."""
+    import cv2
+
+    frames = []
+    if video.is_file():
+        cap = cv2.VideoCapture(str(video))
+        step = 0
+        while len(frames) < count:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if step % 10 == 0:  # spread over the clip
+                frames.append(cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
+            step += 1
+        cap.release()
+    if not frames:
+        print(f"note: {video} not readable, using synthetic frames", file=sys.stderr)
+        rng = np.random.default_rng(0)
+        w, h = size
+        for _ in range(count):
+            img = np.full((h, w, 3), 90, np.uint8)
+            for _ in range(6):
+                x, y = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
+                img[y : y + int(rng.integers(20, h // 3)), x : x + int(rng.integers(20, w // 3))] = rng.integers(0, 255, 3)
+            frames.append(img)
+    return frames
+
+
+def prepare_weights(args: argparse.Namespace, input_size: tuple[int, int], tmpdir: Path) -> tuple[Path, str]:
+    """The model file to benchmark and a description of it."""
+    if args.weights is not None:
+        return args.weights, str(args.weights)
+    if DEFAULT_WEIGHTS.is_file():
+        return DEFAULT_WEIGHTS, str(DEFAULT_WEIGHTS.relative_to(REPO_ROOT))
+    import torch
+
+    from centernet_ros.model import centernet_resnet18
+    from centernet_ros.weights import save_model
+
+    torch.manual_seed(0)
+    model = centernet_resnet18(num_classes=args.num_classes)
+    path = tmpdir / "random.safetensors"
+    save_model(path, model, class_names=[f"class{i}" for i in range(args.num_classes)], input_size=input_size)
+    return path, f"random weights ({args.num_classes} classes)"
+
+
+def image_messages(frames: list[np.ndarray]) -> list[Any]:
+    from centernet_ros.ros.conversions import bgr_to_image_msg
+
+    msgs = []
+    for i, f in enumerate(frames):
+        m = bgr_to_image_msg(f)
+        m.header.frame_id = f"bench_frame{i}"
+        msgs.append(m)
+    return msgs
+
+
+# --------------------------------------------------------------------------------------------------
+# Node process
+# --------------------------------------------------------------------------------------------------
+
+
+def write_params(path: Path, *, weights: Path, device: str, input_size: tuple[int, int], topics: list[str],
+                 args: argparse.Namespace) -> None:
+    import yaml
+
+    params = {
+        "weights": str(weights),
+        "device": device,
+        "input_size": list(input_size),
+        "fp16": bool(args.fp16),
+        "camera_topics": topics,
+        "publish_annotated": False,
+        "diagnostics_period": 0.5,
+        "max_batch_size": int(args.max_batch_size),
+        "max_batch_latency_ms": float(args.max_batch_latency_ms),
+        "score_threshold": float(args.score_threshold),
+    }
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+
+
+def start_node(params: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "centernet_ros.ros.node", "--ros-args", "--params-file", str(params),
+           "-r", "__node:=bench_detector"]
+    with open(log, "wb") as fh:
+        return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT))
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --------------------------------------------------------------------------------------------------
+# Cameras + measurement (runs in this process)
+# --------------------------------------------------------------------------------------------------
+
+
+class Bench:
+    """rclpy node publishing N cameras and listening to their detections and to /diagnostics."""
+
+    def __init__(self, n: int, msgs: list[Any], rate: float, loop_timeout: float) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.node import Node
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from vision_msgs.msg import Detection2DArray
+
+        self.node = Node("bench_cameras")
+        self.n, self.msgs, self.rate, self.loop_timeout = n, msgs, rate, loop_timeout
+        self.topics = [f"{TOPIC_PREFIX}/cam{i}/image_raw" for i in range(n)]
+        cam_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        det_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.pubs = [self.node.create_publisher(Image, t, cam_qos) for t in self.topics]
+        self.subs = [
+            self.node.create_subscription(Detection2DArray, f"{TOPIC_PREFIX}/cam{i}/detections",
+                                          lambda m, i=i: self._on_detections(i, m), det_qos)
+            for i in range(n)
+        ]
+        self.diag_sub = self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.diag: dict[str, str] = {}
+        self.diag_count = 0
+        self.sending = False
+        self.frame_idx = [i for i in range(n)]  # cameras start on different frames
+        self.outstanding: list[dict[int, int]] = [dict() for _ in range(n)]  # stamp ns -> publish ns
+        self.last_sent = [0] * n
+        self.reset_window(float("inf"))
+        if rate > 0:
+            self.timers = [self.node.create_timer(1.0 / rate, lambda i=i: self._publish(i)) for i in range(n)]
+        else:
+            self.timers = [self.node.create_timer(0.05, self._resend_stale)]
+
+    # window bookkeeping: only frames published inside [start, end) count
+    def reset_window(self, start_ns: float, end_ns: float = float("inf")) -> None:
+        self.win_start, self.win_end = start_ns, end_ns
+        self.latencies: list[float] = []
+        self.answered = 0
+        self.detections = 0
+        self.published = 0
+
+    def now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def _publish(self, i: int) -> None:
+        if not self.sending:
+            return
+        msg = self.msgs[self.frame_idx[i] % len(self.msgs)]
+        self.frame_idx[i] += 1
+        t = self.now_ns()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(t, 1_000_000_000)
+        self.outstanding[i][t] = t
+        if len(self.outstanding[i]) > 1000:  # rate mode: forget very old unanswered frames
+            self.outstanding[i].pop(next(iter(self.outstanding[i])))
+        self.last_sent[i] = t
+        if self.win_start <= t < self.win_end:
+            self.published += 1
+        self.pubs[i].publish(msg)
+
+    def _resend_stale(self) -> None:
+        """Closed loop: a camera whose frame got no answer within loop_timeout sends the next one."""
+        if not self.sending:
+            return
+        now = self.now_ns()
+        for i in range(self.n):
+            if now - self.last_sent[i] > self.loop_timeout * 1e9:
+                self._publish(i)
+
+    def _on_detections(self, i: int, msg: Any) -> None:
+        now = self.now_ns()
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        found = self.outstanding[i].pop(stamp, None) is not None
+        if found and self.win_start <= stamp < self.win_end:
+            self.latencies.append((now - stamp) / 1e6)
+            self.answered += 1
+            self.detections += len(msg.detections)
+        if found and self.rate == 0 and self.sending:
+            self._publish(i)  # closed loop: this camera's next frame
+
+    def _on_diag(self, msg: Any) -> None:
+        for st in msg.status:
+            if "bench_detector" in st.name:
+                self.diag = {kv.key: kv.value for kv in st.values}
+                self.diag_count += 1
+
+    def start(self) -> None:
+        self.sending = True
+        if self.rate == 0:
+            for i in range(self.n):
+                self._publish(i)
+
+    def counters(self) -> dict[str, float]:
+        d = self.diag
+        out = {"batches": float(d.get("batches", 0))}
+        for key in ("received", "processed", "dropped", "rejected"):
+            out[key] = sum(float(d.get(f"{t} {key}", 0)) for t in self.topics)
+        return out
+
+
+def spin_for(executor, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        executor.spin_once(timeout_sec=min(0.05, max(0.0, end - time.monotonic())))
+
+
+def wait_fresh_diag(executor, bench: Bench, timeout: float = 3.0) -> dict[str, str]:
+    """Spin until a new /diagnostics message arrived; return its values."""
+    n0 = bench.diag_count
+    end = time.monotonic() + timeout
+    while bench.diag_count == n0 and time.monotonic() < end:
+        executor.spin_once(timeout_sec=0.05)
+    return dict(bench.diag)
+
+
+def run_e2e(n: int, res: tuple[int, int], *, args: argparse.Namespace, device: str, weights: Path,
+            input_size: tuple[int, int], msgs: list[Any], tmpdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    from rclpy.executors import SingleThreadedExecutor
+
+    topics = [f"{TOPIC_PREFIX}/cam{i}/image_raw" for i in range(n)]
+    params = tmpdir / f"params_{n}_{res[0]}x{res[1]}.yaml"
+    write_params(params, weights=weights, device=device, input_size=input_size, topics=topics, args=args)
+    log = tmpdir / f"node_{n}_{res[0]}x{res[1]}.log"
+    proc = start_node(params, env, log)
+    bench = Bench(n, msgs, args.rate, args.loop_timeout)
+    executor = SingleThreadedExecutor()
+    executor.add_node(bench.node)
+    try:
+        t0 = time.monotonic()
+        while bench.diag.get("state") != "active":  # node configured, model loaded, subscribed
+            if proc.poll() is not None or time.monotonic() - t0 > args.startup_timeout:
+                raise RuntimeError(f"detector node did not become active; log:\n{log.read_text()[-3000:]}")
+            executor.spin_once(timeout_sec=0.1)
+        while any(p.get_subscription_count() == 0 for p in bench.pubs):
+            if time.monotonic() - t0 > args.startup_timeout:
+                raise RuntimeError("detector node did not subscribe to the camera topics")
+            executor.spin_once(timeout_sec=0.05)
+        startup_s = time.monotonic() - t0
+        bench.start()
+        spin_for(executor, args.warmup)
+        c0 = bench.counters() if wait_fresh_diag(executor, bench) else {}
+        start = bench.now_ns()
+        bench.reset_window(start, start + args.duration * 1e9)
+        spin_for(executor, args.duration)
+        bench.sending = False
+        c1 = bench.counters() if wait_fresh_diag(executor, bench) else {}
+        spin_for(executor, 1.0)  # late answers to frames of the window
+        diag = wait_fresh_diag(executor, bench)
+        lat = np.asarray(bench.latencies)
+        d = {k: c1.get(k, 0.0) - c0.get(k, 0.0) for k in ("batches", "received", "processed", "dropped", "rejected")}
+        row = {
+            "cameras": n, "resolution": f"{res[0]}x{res[1]}", "rate": "loop" if args.rate == 0 else args.rate,
+            "fps": bench.answered / args.duration, "dets_per_s": bench.detections / args.duration,
+            "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+            "latency_p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+            "node_latency_p50_ms": float(diag.get("latency_p50_ms", "nan")),
+            "node_latency_p99_ms": float(diag.get("latency_p99_ms", "nan")),
+            "mean_batch": d["processed"] / d["batches"] if d["batches"] else None,
+            "published": bench.published, "answered": bench.answered,
+            "dropped": int(d["dropped"]), "lost": bench.published - bench.answered,
+            "node_window": d, "startup_s": startup_s,
+            "node_process_s_per_batch": args.duration / d["batches"] if d["batches"] else None,
+        }
+    finally:
+        executor.remove_node(bench.node)
+        bench.node.destroy_node()
+        stop_node(proc)
+    return row
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage breakdown (in process, node stopped)
+# --------------------------------------------------------------------------------------------------
+
+
+def stage_breakdown(detector, msgs: list[Any], batch: int, repeats: int) -> dict[str, float]:
+    """Per-batch milliseconds of each step the node's worker runs for ``batch`` frames."""
+    import torch
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image
+
+    from centernet_ros.ros.conversions import detections_to_msg, image_msg_to_array
+
+    frames = [msgs[i % len(msgs)] for i in range(batch)]
+    wire = [serialize_message(m) for m in frames]
+    received = [deserialize_message(w, Image) for w in wire]
+    raws = [image_msg_to_array(m) for m in received]
+    arrays, orders = [r.array for r in raws], [r.order for r in raws]
+    dev = detector.device
+    x, _ = detector.preprocess(arrays, orders)
+    results = detector.detect(arrays, orders)
+    out_msgs = [detections_to_msg(m.header, d.boxes, d.scores, d.labels) for m, d in zip(received, results)]
+
+    def forward():
+        with torch.inference_mode():
+            detector.model(x)
+
+    def timed(fn, warmup=1):
+        return time_callable(fn, device=dev, warmup=warmup, repeats=repeats).median * 1e3
+
+    t = {
+        "deserialize_ms": timed(lambda: [deserialize_message(w, Image) for w in wire]),
+        "convert_ms": timed(lambda: [image_msg_to_array(m) for m in received]),
+        "preprocess_ms": timed(lambda: detector.preprocess(arrays, orders)),
+        "forward_ms": timed(forward),
+        "detect_ms": timed(lambda: detector.detect(arrays, orders)),
+        "to_msg_ms": timed(lambda: [detections_to_msg(m.header, d.boxes, d.scores, d.labels)
+                                    for m, d in zip(received, results)]),
+        "serialize_ms": timed(lambda: [serialize_message(m) for m in out_msgs]),
+    }
+    # decode + host copy + unpacking = what detect() spends beyond preprocess and forward
+    t["decode_ms"] = max(0.0, t["detect_ms"] - t["preprocess_ms"] - t["forward_ms"])
+    t["pipeline_ms"] = t["deserialize_ms"] + t["convert_ms"] + t["detect_ms"] + t["to_msg_ms"] + t["serialize_ms"]
+    t["overhead_ms"] = t["pipeline_ms"] - t["forward_ms"]
+    t["overhead_pct"] = 100.0 * t["overhead_ms"] / t["forward_ms"]
+    t["dets_per_frame"] = float(np.mean([len(d.scores) for d in results]))
+    return t
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    setup_threads(args.threads)
+    device = resolve_device(args.device)
+    input_size = tuple(args.input_size) if args.input_size else ((384, 640) if device.type == "cuda" else (192, 320))
+    domain = str(random.Random(os.getpid()).randint(20, 99))
+    os.environ["ROS_DOMAIN_ID"] = domain  # private domain: other ROS processes on this host do not interfere
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if args.node_threads is not None:
+        env["OMP_NUM_THREADS"] = str(args.node_threads)
+
+    import rclpy
+
+    rows, stages = [], []
+    with tempfile.TemporaryDirectory(prefix="bench_ros_") as tmp:
+        tmpdir = Path(tmp)
+        weights, weights_desc = prepare_weights(args, input_size, tmpdir)
+        all_msgs = {res: image_messages(load_frames(args.video, res)) for res in args.resolutions}
+        rclpy.init()
+        try:
+            for res in args.resolutions:
+                for n in args.cameras:
+                    print(f"  e2e: {n} camera(s) {res[0]}x{res[1]} ...", file=sys.stderr, flush=True)
+                    row = run_e2e(n, res, args=args, device=str(device), weights=weights, input_size=input_size,
+                                  msgs=all_msgs[res], tmpdir=tmpdir, env=env)
+                    rows.append(row)
+                    print(f"    {row['fps']:.1f} frames/s, p50 {row['latency_p50_ms']} ms, batch {row['mean_batch']}",
+                          file=sys.stderr, flush=True)
+            if not args.no_stages:
+                from centernet_ros.decode import DecodeConfig
+                from centernet_ros.detector import Detector, DetectorConfig
+
+                detector = Detector(
+                    DetectorConfig(weights=str(weights), device=str(device), input_size=input_size, fp16=args.fp16),
+                    decode=DecodeConfig(score_threshold=args.score_threshold),
+                )
+                for res in args.resolutions:
+                    for n in args.cameras:
+                        b = min(n, args.max_batch_size)
+                        t = stage_breakdown(detector, all_msgs[res], b, args.stage_repeats)
+                        stages.append({"batch": b, "resolution": f"{res[0]}x{res[1]}", **t})
+                        print(f"  stages B={b} {res[0]}x{res[1]}: forward {t['forward_ms']:.1f} ms, "
+                              f"overhead {t['overhead_pct']:.1f} %", file=sys.stderr, flush=True)
+                detector.close()
+        finally:
+            rclpy.try_shutdown()
+    config = {
+        "cameras": args.cameras, "resolutions": [f"{w}x{h}" for w, h in args.resolutions], "rate": args.rate,
+        "input_size": list(input_size), "weights": weights_desc, "score_threshold": args.score_threshold,
+        "max_batch_size": args.max_batch_size, "max_batch_latency_ms": args.max_batch_latency_ms,
+        "fp16": args.fp16, "duration_s": args.duration, "warmup_s": args.warmup, "node_threads": args.node_threads,
+        "video": str(args.video), "ros_domain_id": domain,
+        "rmw": os.environ.get("RMW_IMPLEMENTATION") or _rmw_name(),
+    }
+    return {"env": environment(device), "config": config, "rows": rows, "stages": stages}
+
+
+def _rmw_name() -> str:
+    try:
+        from rclpy.utilities import get_rmw_implementation_identifier
+
+        return get_rmw_implementation_identifier()
+    except Exception:
+        return "unknown"
+
+
+def report(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    lines = ["## End to end through ROS 2", "", format_env(result["env"]), "",
+             f"node input {cfg['input_size'][0]}x{cfg['input_size'][1]} (HxW), model: {cfg['weights']}, "
+             f"score_threshold {cfg['score_threshold']}, max_batch_size {cfg['max_batch_size']}, "
+             f"max_batch_latency_ms {cfg['max_batch_latency_ms']}, fp16 {cfg['fp16']}, rmw {cfg['rmw']}; "
+             f"{cfg['warmup_s']} s warm-up, {cfg['duration_s']} s measured per row", ""]
+    if result["rows"]:
+        lines += [format_table(result["rows"], E2E_COLUMNS), "",
+                  "latency: camera stamp -> Detection2DArray arrival (this process); node p50/p99: the node's "
+                  "receive -> publish latency (its /diagnostics, last <= 2048 frames incl. warm-up); "
+                  "dropped: frames the node overwrote before processing; lost: published in the window, never answered.", ""]
+    if result["stages"]:
+        lines += ["### Node pipeline per batch (ms, in process, node stopped; target overhead < 10 % of forward)", "",
+                  format_table(result["stages"], STAGE_COLUMNS)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print(report(result))
+    write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""ROS-free inference engine: model file -> model on a device -> batched detect on raw images.
+
+Legend: B images in a batch, H/W image height/width, Ch channels of an input image (1, 3 or 4),
+D detections of one image (<= ``DecodeConfig.max_per_image``).
+
+``Detector.detect`` takes a list of ``uint8[H, W, Ch]`` arrays of any sizes and colour orders
+(zero-copy views are fine, strided rows included), uploads them, converts the colour order, letterboxes
+and normalises on the device (``preprocess.letterbox``), runs one forward pass for the whole batch,
+decodes on the device (``decode.decode``) and returns boxes in each image's original pixels. The only
+device -> host copy is one transfer of the decoded detections per batch.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .decode import DecodeConfig, decode
+from .preprocess import LetterboxParams, letterbox
+from .weights import load_model
+
+__all__ = ["ORDERS", "DetectorConfig", "ImageDetections", "Detector", "resolve_device"]
+
+# Colour orders an input image may have, with its channel count.
+ORDERS = {"rgb": 3, "bgr": 3, "rgba": 4, "bgra": 4, "mono": 1}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> ``cuda`` when available else ``cpu``; anything else as ``torch.device`` (validated)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {str(device)!r}")
+    return dev
+
+
+@dataclass
+class DetectorConfig:
+    """How to load and run the model."""
+
+    weights: str | Path  # model file written by weights.save_model (.safetensors)
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
+    input_size: tuple[int, int] | None = None  # (H, W) network input, multiples of 32; None = the file's size
+    fp16: bool = False  # half-precision forward pass; only on CUDA (ignored on CPU, see Detector.fp16)
+    channels_last: bool = False  # NHWC memory format for the forward pass (often faster on CUDA)
+
+    def __post_init__(self) -> None:
+        if not str(self.weights):
+            raise ValueError(f"weights must be a model file path, got {self.weights!r}")
+        if self.input_size is not None:
+            size = tuple(self.input_size)
+            if len(size) != 2 or any(isinstance(v, bool) or int(v) != v or v <= 0 or v % 32 for v in size):
+                raise ValueError(f"input_size must be (H, W), positive multiples of 32, got {self.input_size!r}")
+            self.input_size = (int(size[0]), int(size[1]))
+        dev = str(self.device)
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+
+
+class ImageDetections(NamedTuple):
+    """Detections of one image in its original pixels, sorted by score (numpy, on the host)."""
+
+    boxes: np.ndarray  # float32[D, 4] x1, y1, x2, y2
+    scores: np.ndarray  # float32[D]
+    labels: np.ndarray  # int64[D] class index
+
+
+def _as_tensor(img: np.ndarray | Tensor) -> Tensor:
+    if isinstance(img, Tensor):
+        return img
+    with warnings.catch_warnings():  # read-only views (bytes buffers) are only read, never written
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(img))
+
+
+def _to_rgb(t: Tensor, order: str) -> Tensor:
+    """``Tensor[H, W, Ch]`` uint8 in ``order`` -> ``Tensor[H, W, 3]`` RGB (views where possible)."""
+    if order == "rgb":
+        return t
+    if order == "bgr":
+        return t.flip(-1)
+    if order == "rgba":
+        return t[..., :3]
+    if order == "bgra":
+        return t[..., :3].flip(-1)
+    return t.expand(t.shape[0], t.shape[1], 3)  # mono (H, W, 1) -> (H, W, 3)
+
+
+class Detector:
+    """Batched CenterNet inference.
+
+    ``decode_config`` may be replaced at any time from another thread (one attribute assignment);
+    ``detect`` reads it once per call. ``detect`` itself is meant for one thread at a time.
+    """
+
+    def __init__(self, cfg: DetectorConfig, *, decode: DecodeConfig | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        model, meta = load_model(cfg.weights, device="cpu")
+        self.class_names: list[str] = list(meta.class_names)
+        self.input_size: tuple[int, int] = tuple(cfg.input_size or meta.input_size)  # type: ignore[assignment]
+        if len(self.input_size) != 2 or any(v <= 0 or v % 32 for v in self.input_size):
+            raise ValueError(f"input size must be (H, W), positive multiples of 32, got {self.input_size!r}")
+        self.fp16 = bool(cfg.fp16 and self.device.type == "cuda")
+        self.dtype = torch.float16 if self.fp16 else torch.float32
+        model = model.to(self.device, dtype=self.dtype).eval()
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.decode_config = decode if decode is not None else DecodeConfig()
+        self._lock = threading.Lock()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def preprocess(
+        self, images: Sequence[np.ndarray | Tensor], orders: str | Sequence[str] = "bgr"
+    ) -> tuple[Tensor, LetterboxParams]:
+        """Upload ``B`` images ``uint8[H, W, Ch]`` and letterbox them: ``Tensor[B, 3, Hin, Win]`` + params.
+
+        ``orders`` is one colour order for all images or one per image (keys of ``ORDERS``).
+        """
+        orders = [orders] * len(images) if isinstance(orders, str) else list(orders)
+        if len(orders) != len(images):
+            raise ValueError(f"{len(orders)} colour orders for {len(images)} images")
+        tensors = []
+        for img, order in zip(images, orders):
+            if order not in ORDERS:
+                raise ValueError(f"unknown colour order {order!r} (expected one of {sorted(ORDERS)})")
+            t = _as_tensor(img)
+            if t.dim() == 2 and order == "mono":
+                t = t.unsqueeze(-1)  # (H, W, 1)
+            if t.dim() != 3 or t.shape[2] != ORDERS[order] or t.dtype != torch.uint8:
+                raise ValueError(f"expected uint8[H, W, {ORDERS[order]}] for {order!r}, got {t.dtype} {tuple(t.shape)}")
+            if t.shape[0] == 0 or t.shape[1] == 0:
+                raise ValueError(f"zero-size image {tuple(t.shape)}")
+            tensors.append(t)
+        uniform = len(set(orders)) == 1 and orders[0] in ("rgb", "bgr")
+        if uniform:  # letterbox flips BGR itself while uploading
+            on_dev = [t.to(self.device, non_blocking=True) for t in tensors]
+            bgr = orders[0] == "bgr"
+        else:
+            on_dev = [_to_rgb(t.to(self.device, non_blocking=True), o) for t, o in zip(tensors, orders)]
+            bgr = False
+        x, params = letterbox(on_dev, size=self.input_size, bgr=bgr, dtype=self.dtype, device=self.device,
+                              channels_last=self.cfg.channels_last)
+        return x, params
+
+    @torch.inference_mode()
+    def detect(
+        self, images: Sequence[np.ndarray | Tensor], orders: str | Sequence[str] = "bgr"
+    ) -> list[ImageDetections]:
+        """Detect objects in ``B`` images (``uint8[H, W, Ch]``, any sizes): one forward pass, one host copy.
+
+        Returns one ``ImageDetections`` per image, boxes in that image's pixels, only detections with
+        ``score > decode_config.score_threshold``.
+        """
+        if len(images) == 0:
+            return []
+        cfg = self.decode_config
+        x, params = self.preprocess(images, orders)
+        with self._lock:
+            if self.model is None:
+                raise RuntimeError("detector is closed")
+            outputs = self.model(x)
+        det = decode(outputs, cfg, scale=params.scale, offset=params.offset, orig_size=params.orig_size)
+        packed = torch.cat([det.boxes.float(), det.scores.float().unsqueeze(-1), det.labels.float().unsqueeze(-1)], -1)
+        packed = packed.cpu().numpy()  # (B, D, 6): one device -> host copy per batch
+        out = []
+        for row in packed:  # per image (B is small); boxes are never looped over
+            row = row[row[:, 5] >= 0]  # (D_i, 6) valid rows (label -1 = empty slot)
+            out.append(ImageDetections(row[:, :4].copy(), row[:, 4].copy(), row[:, 5].astype(np.int64)))
+        return out
+
+    def close(self) -> None:
+        """Drop the model and return cached CUDA memory to the driver."""
+        with self._lock:
+            self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,318 @@
+"""``centernet-eval``: COCO mAP and false discovery rate of a trained model on a dataset split.
+
+Letters: B batch, C classes, D detections per image, N ground-truth objects of one image.
+
+Usage::
+
+    centernet-eval --weights runs/vehicles/best.safetensors \\
+        --data /work/shared/data/vehicles-openimages --split valid --out runs/vehicles/eval
+    centernet-eval --weights model.safetensors --coco-images val2017/ --coco-json instances_val2017.json
+
+One forward pass per batch (images letterboxed on the device with ``preprocess.letterbox``) is decoded
+twice: ``triplet`` (the paper: a corner pair is kept only if a centre keypoint confirms it) and ``pairs``
+(CornerNet: no centre check), so both rows of the report come from the same network outputs. Writes
+``metrics.json`` and ``metrics.md`` (one Markdown table: AP, AP50, AP75, APs/m/l, FD, FD_S/M/L; and the
+per-class AP) to ``--out`` and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .data import CocoDataset, DetectionDataset, YoloDataset, collate_samples, worker_init_fn
+from .decode import NMS_CHOICES, DecodeConfig, decode
+from .evaluation import DetectionEvaluator, EvalResult
+
+__all__ = ["EvalConfig", "predict_and_evaluate", "format_markdown", "run_eval", "main", "MODES"]
+
+MODES = ("triplet", "pairs")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+@torch.no_grad()
+def predict_and_evaluate(
+    model: nn.Module,
+    dataset: DetectionDataset,
+    *,
+    class_names: Sequence[str],
+    input_size: tuple[int, int],
+    decode_cfgs: Mapping[str, DecodeConfig],
+    device: torch.device | str,
+    batch_size: int = 16,
+    workers: int = 0,
+    amp: bool = False,
+    indices: Sequence[int] | None = None,
+    progress: bool = True,
+    max_dets: int = 100,
+) -> dict[str, EvalResult]:
+    """Run ``model`` over ``dataset`` once and evaluate each decode configuration on the same outputs.
+
+    Images are letterboxed to ``input_size`` on ``device``; detections are mapped back to original
+    pixels by ``decode`` and scored against the dataset boxes with :class:`DetectionEvaluator`.
+    ``amp``: fp16 autocast on CUDA (ignored on CPU). Returns ``{name: EvalResult}`` in the order of
+    ``decode_cfgs``. The model is put in eval mode and restored to its previous mode afterwards.
+    """
+    from tqdm import tqdm
+
+    from .preprocess import letterbox
+
+    device = torch.device(device)
+    subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
+    loader = torch.utils.data.DataLoader(
+        subset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_samples,
+        worker_init_fn=worker_init_fn,
+    )
+    evaluators = {name: DetectionEvaluator(class_names, max_dets=max_dets) for name in decode_cfgs}
+    was_training = model.training
+    model.eval()
+    use_amp = amp and device.type == "cuda"
+    try:
+        for samples in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False, file=sys.stderr):
+            images = [torch.from_numpy(s.image) for s in samples]
+            x, lb = letterbox(images, size=input_size, bgr=False, device=device)  # (B, 3, H, W)
+            ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+            with ctx:
+                outputs = model(x)
+            outputs = {k: v.float() for k, v in outputs.items()}
+            for name, cfg in decode_cfgs.items():
+                dets = decode(outputs, cfg, scale=lb.scale, offset=lb.offset, orig_size=lb.orig_size)
+                boxes, scores, labels, num = (t.cpu() for t in dets)  # (B, D, 4), (B, D), (B, D), (B,)
+                for i, s in enumerate(samples):
+                    n = int(num[i])
+                    evaluators[name].add(s.boxes, s.labels, boxes[i, :n], scores[i, :n], labels[i, :n])
+    finally:
+        model.train(was_training)
+    return {name: ev.compute() for name, ev in evaluators.items()}
+
+
+def _pct(v: float) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100.0 * v:.1f}"
+
+
+def format_markdown(results: Mapping[str, EvalResult], *, title: str | None = None) -> str:
+    """One Markdown table with a row per decode mode (values in percent) plus a per-class AP table."""
+    cols = [
+        ("AP", "ap"),
+        ("AP50", "ap50"),
+        ("AP75", "ap75"),
+        ("APs", "ap_small"),
+        ("APm", "ap_medium"),
+        ("APl", "ap_large"),
+        ("FD", "fd"),
+        ("FD_S", "fd_small"),
+        ("FD_M", "fd_medium"),
+        ("FD_L", "fd_large"),
+    ]
+    lines = []
+    if title:
+        lines += [f"## {title}", ""]
+    lines.append("| mode | " + " | ".join(c for c, _ in cols) + " |")
+    lines.append("| --- |" + " ---: |" * len(cols))
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(_pct(getattr(r, a)) for _, a in cols) + " |")
+    if results:
+        first = next(iter(results.values()))
+        classes = list(first.per_class_ap)
+        lines += ["", "Per-class AP (IoU 0.5:0.95):", ""]
+        lines.append("| class | " + " | ".join(results) + " |")
+        lines.append("| --- |" + " ---: |" * len(results))
+        for c in classes:
+            lines.append(f"| {c} | " + " | ".join(_pct(r.per_class_ap.get(c)) for r in results.values()) + " |")
+        lines += ["", f"{first.num_images} images, {first.num_gt} ground-truth boxes. "
+                  "AP: COCO box AP in percent; FD = 100 - AP over IoU 0.05:0.05:0.5 (lower is better)."]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``centernet-eval`` (one field per command-line flag)."""
+
+    weights: str  # model file written by weights.save_model (.safetensors)
+    data: str | None = None  # YOLO dataset root (data.yaml, <split>/images, <split>/labels)
+    split: str = "valid"  # YOLO split folder (or data.yaml key)
+    coco_images: str | None = None  # COCO: image folder (instead of --data)
+    coco_json: str | None = None  # COCO: annotation json
+    input_size: tuple[int, int] | None = None  # (H, W) network input; None = the one stored in the model file
+    batch_size: int = 16  # images per forward pass
+    workers: int = 2  # DataLoader worker processes that decode images
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    amp: bool = True  # fp16 autocast on CUDA
+    limit_images: int | None = None  # evaluate only the first N images (smoke tests)
+    out: str | None = None  # folder for metrics.json / metrics.md (None: print only)
+    progress: bool = True  # tqdm progress bar
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # decode settings shared by both modes
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.coco_json is None):
+            raise ValueError(
+                f"give either data (YOLO root) or coco_json + coco_images, got data={self.data!r}, "
+                f"coco_json={self.coco_json!r}"
+            )
+        if self.coco_json is not None and self.coco_images is None:
+            raise ValueError(f"coco_json={self.coco_json!r} needs coco_images")
+        if self.input_size is not None:
+            s = tuple(self.input_size)
+            if len(s) == 1:
+                s = (s[0], s[0])
+            if len(s) != 2 or any(int(v) != v or v <= 0 or v % 32 for v in s):
+                raise ValueError(f"input_size must be (H, W), positive multiples of 32, got {self.input_size!r}")
+            self.input_size = (int(s[0]), int(s[1]))
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers!r}")
+        if self.limit_images is not None and self.limit_images < 1:
+            raise ValueError(f"limit_images must be >= 1, got {self.limit_images!r}")
+
+
+def load_dataset(cfg: EvalConfig) -> DetectionDataset:
+    if cfg.data is not None:
+        return YoloDataset(cfg.data, cfg.split)
+    return CocoDataset(cfg.coco_images, cfg.coco_json)
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Evaluate per ``cfg``; returns the report dict (also written to ``cfg.out`` when set)."""
+    from .weights import load_model
+
+    device = resolve_device(cfg.device)
+    model, meta = load_model(cfg.weights, device=device)
+    dataset = load_dataset(cfg)
+    if list(dataset.class_names) != list(meta.class_names):
+        print(
+            f"warning: dataset classes {dataset.class_names} differ from the model's {meta.class_names}; "
+            "labels are compared by index",
+            file=sys.stderr,
+        )
+        if dataset.num_classes != len(meta.class_names):
+            raise ValueError(
+                f"the model has {len(meta.class_names)} classes but the dataset has {dataset.num_classes}"
+            )
+    input_size = cfg.input_size or tuple(meta.input_size)
+    n = len(dataset) if cfg.limit_images is None else min(cfg.limit_images, len(dataset))
+    decode_cfgs = {m: replace(cfg.decode, mode=m) for m in MODES}
+    results = predict_and_evaluate(
+        model,
+        dataset,
+        class_names=meta.class_names,
+        input_size=input_size,
+        decode_cfgs=decode_cfgs,
+        device=device,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        amp=cfg.amp,
+        indices=range(n),
+        progress=cfg.progress,
+        max_dets=cfg.decode.max_per_image,
+    )
+    source = cfg.data if cfg.data is not None else cfg.coco_json
+    md = format_markdown(results, title=f"{Path(cfg.weights).name} on {source} ({cfg.split if cfg.data else 'coco'})")
+    report = {
+        "weights": str(cfg.weights),
+        "dataset": str(source),
+        "split": cfg.split if cfg.data is not None else None,
+        "num_images": n,
+        "input_size": list(input_size),
+        "device": str(device),
+        "decode": asdict(cfg.decode),
+        "results": {name: r.to_dict() for name, r in results.items()},
+    }
+    if cfg.out is not None:
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "metrics.md").write_text(md)
+    print(md)
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="centernet-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--weights", required=True, help="model file (.safetensors) from centernet-train")
+    src = p.add_argument_group("dataset (YOLO or COCO)")
+    src.add_argument("--data", help="YOLO dataset root (with data.yaml)")
+    src.add_argument("--split", default="valid", help="YOLO split (default: valid)")
+    src.add_argument("--coco-images", help="COCO image folder")
+    src.add_argument("--coco-json", help="COCO annotation json")
+    p.add_argument("--input-size", type=int, nargs="+", metavar="N", help="network input H [W] (default: model's)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="disable fp16 autocast on CUDA")
+    p.add_argument("--limit-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--out", help="folder for metrics.json and metrics.md")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    d = p.add_argument_group("decoding (shared by the triplet and pairs rows)")
+    d.add_argument("--topk", type=int, default=DecodeConfig.topk)
+    d.add_argument("--ae-threshold", type=float, default=DecodeConfig.ae_threshold)
+    d.add_argument("--nms", choices=NMS_CHOICES, default=DecodeConfig.nms)
+    d.add_argument("--max-per-image", type=int, default=DecodeConfig.max_per_image)
+    d.add_argument("--score-threshold", type=float, default=DecodeConfig.score_threshold)
+    return p
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> EvalConfig:
+    a = build_parser().parse_args(argv)
+    dec = DecodeConfig(
+        topk=a.topk,
+        ae_threshold=a.ae_threshold,
+        nms=a.nms,
+        max_per_image=a.max_per_image,
+        score_threshold=a.score_threshold,
+    )
+    return EvalConfig(
+        weights=a.weights,
+        data=a.data,
+        split=a.split,
+        coco_images=a.coco_images,
+        coco_json=a.coco_json,
+        input_size=tuple(a.input_size) if a.input_size else None,
+        batch_size=a.batch_size,
+        workers=a.workers,
+        device=a.device,
+        amp=a.amp,
+        limit_images=a.limit_images,
+        out=a.out,
+        progress=a.progress,
+        decode=dec,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .weights import WeightsError
+
+    try:
+        cfg = config_from_args(argv)
+        run_eval(cfg)
+    except (ValueError, OSError, WeightsError) as exc:
+        print(f"centernet-eval: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""``centernet-video-publisher``: a video file played as a camera (``sensor_msgs/Image``, ``bgr8``).
+
+Legend: H/W frame height/width.
+
+Pacing: ``rate`` > 0 frames per second, ``rate`` = 0 the file's own frame rate, ``rate`` < 0 as fast
+as possible. With ``lockstep_topic`` set (a ``vision_msgs/Detection2DArray`` topic) the next frame is
+sent only once the detections of the previous one came back (matched by stamp) or after
+``lockstep_timeout`` seconds, so a slow detector processes every frame instead of dropping them.
+Without ``loop`` the node logs a summary and its process ends after the last frame (or ``max_frames``).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from .conversions import bgr_to_image_msg
+
+__all__ = ["DEFAULT_VIDEO", "VideoPublisher", "default_video_path", "main"]
+
+DEFAULT_VIDEO = "slow_traffic_small.mp4"
+
+
+def default_video_path() -> Path:
+    """The bundled clip: ``<share>/centernet_ros/models/slow_traffic_small.mp4``, else the source tree's."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory("centernet_ros")) / "models" / DEFAULT_VIDEO
+        if installed.is_file():
+            return installed
+    except Exception:  # not installed through ament
+        pass
+    return Path(__file__).resolve().parents[2] / "models" / DEFAULT_VIDEO
+
+
+_PARAMS: dict[str, tuple[Any, str]] = {
+    "path": ("", "video file; empty = the bundled models/" + DEFAULT_VIDEO),
+    "topic": ("/camera/image_raw", "sensor_msgs/Image topic"),
+    "frame_id": ("camera", "header.frame_id of the frames"),
+    "rate": (0.0, "frames per second; 0 = the file's rate; < 0 = as fast as possible"),
+    "loop": (False, "start over at the end of the file"),
+    "max_frames": (0, "stop after this many frames (0 = no limit)"),
+    "lockstep_topic": ("", "Detection2DArray topic; if set, wait for each frame's detections before the next"),
+    "lockstep_timeout": (2.0, "seconds to wait for a frame's detections before sending the next anyway"),
+    "wait_for_subscribers": (1, "send the first frame only once this many subscribers are matched"),
+    "qos_reliability": ("reliable", "reliable | best_effort"),
+    "qos_depth": (1, "publisher queue depth"),
+}
+
+
+class VideoPublisher(Node):
+    """Publishes the frames of a video file; ``done`` turns True after the last one."""
+
+    def __init__(self, node_name: str = "video_publisher", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        import cv2
+
+        for name, (default, text) in _PARAMS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=text, read_only=True))
+        p = {name: self.get_parameter(name).value for name in _PARAMS}
+        self.path = Path(p["path"]) if p["path"] else default_video_path()
+        self.cap = cv2.VideoCapture(str(self.path))
+        if not self.cap.isOpened():
+            raise RuntimeError(f"cannot open video file '{self.path}'")
+        self.file_fps = float(self.cap.get(cv2.CAP_PROP_FPS)) or 30.0
+        self.total_frames = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.frame_id = str(p["frame_id"])
+        self.loop = bool(p["loop"])
+        self.max_frames = int(p["max_frames"])
+        self.min_subscribers = int(p["wait_for_subscribers"])
+        self.lockstep_timeout = float(p["lockstep_timeout"])
+        rate = float(p["rate"])
+        self.period = 1.0 / (rate if rate > 0 else self.file_fps) if rate >= 0 else 0.0
+        if p["qos_reliability"] not in ("reliable", "best_effort"):
+            raise ValueError(f"qos_reliability must be 'reliable' or 'best_effort', got {p['qos_reliability']!r}")
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=max(1, int(p["qos_depth"])),
+            reliability=ReliabilityPolicy.RELIABLE if p["qos_reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        self.pub = self.create_publisher(Image, str(p["topic"]), qos)
+        self.sent = 0
+        self.done = False
+        self._awaiting: tuple[int, int] | None = None  # stamp of the frame whose detections we wait for
+        self._sent_at = 0.0
+        self._t_first: float | None = None
+        self._lockstep = bool(p["lockstep_topic"])
+        if self._lockstep:
+            from vision_msgs.msg import Detection2DArray
+
+            self.create_subscription(Detection2DArray, str(p["lockstep_topic"]), self._on_detections, 10)
+        # Poll fast enough for the rate (the lockstep callback also sends directly).
+        self.timer = self.create_timer(min(self.period, 0.01) if self.period > 0 else 0.002, self._tick)
+        self.get_logger().info(
+            f"publishing '{self.path}' ({self.total_frames} frames, {self.file_fps:.2f} fps in the file) on "
+            f"{self.pub.topic_name} at "
+            + (f"{1 / self.period:.2f} fps" if self.period > 0 else "full speed")
+            + (" in lockstep with " + str(p["lockstep_topic"]) if self._lockstep else "")
+        )
+
+    def _on_detections(self, msg: Any) -> None:
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        if self._awaiting is not None and stamp == self._awaiting:
+            self._awaiting = None
+            self._tick()
+
+    def _tick(self) -> None:
+        if self.done:
+            return
+        now = time.monotonic()
+        if self.sent == 0 and self.pub.get_subscription_count() < self.min_subscribers:
+            return
+        if self._awaiting is not None and now - self._sent_at < self.lockstep_timeout:
+            return
+        if self.sent and now - self._sent_at < self.period:
+            return
+        self._publish_next(now)
+
+    def _publish_next(self, now: float) -> None:
+        if self.max_frames and self.sent >= self.max_frames:
+            self._finish()
+            return
+        ok, frame = self.cap.read()
+        if not ok and self.loop and self.sent:
+            import cv2
+
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self.cap.read()
+        if not ok:
+            self._finish()
+            return
+        msg = bgr_to_image_msg(frame)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.frame_id
+        if self._lockstep:
+            self._awaiting = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        self._sent_at = now
+        if self._t_first is None:
+            self._t_first = now
+        self.pub.publish(msg)
+        self.sent += 1
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.timer.cancel()
+        self.cap.release()
+        elapsed = time.monotonic() - self._t_first if self._t_first is not None else 0.0
+        fps = self.sent / elapsed if elapsed > 0 else 0.0
+        self.get_logger().info(f"done: published {self.sent} frames of '{self.path}' in {elapsed:.1f} s ({fps:.1f} fps)")
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script ``centernet-video-publisher --ros-args -p path:=clip.mp4 -p rate:=10.0 ...``."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    try:
+        node = VideoPublisher()
+    except (RuntimeError, ValueError) as exc:
+        print(f"centernet-video-publisher: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    try:
+        while rclpy.ok() and not node.done:
+            rclpy.spin_once(node, timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

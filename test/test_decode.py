@@ -1,0 +1,438 @@
+"""decode on hand-made heatmaps with known answers, and against the per-image numpy reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from centernet_ros.decode import DecodeConfig, Detections, _max_filter, decode
+from centernet_ros.preprocess import letterbox_params
+from centernet_ros.reference_decode import reference_decode
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
+]
+NMS = ["soft", "soft_linear", "hard", "none"]
+NEG = -1e4  # background logit: sigmoid is exactly 0 (also in fp16)
+STRIDE = 4
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def blank(B: int = 1, C: int = 3, H: int = 32, W: int = 32) -> dict[str, torch.Tensor]:
+    out = {k: torch.full((B, C, H, W), NEG) for k in ("tl_heat", "br_heat", "ct_heat")}
+    out.update({k: torch.zeros(B, 1, H, W) for k in ("tl_tag", "br_tag")})
+    out.update({k: torch.zeros(B, 2, H, W) for k in ("tl_regr", "br_regr", "ct_regr")})
+    return out
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def put_point(out, kind: str, b: int, c: int, x: float, y: float, score: float, tag: float | None = None):
+    """Keypoint at input pixel (x, y): integer cell + sub-pixel offset, as the targets encode it."""
+    mx, my = x / STRIDE, y / STRIDE
+    ix, iy = math.floor(mx), math.floor(my)
+    out[f"{kind}_heat"][b, c, iy, ix] = logit(score)
+    out[f"{kind}_regr"][b, :, iy, ix] = torch.tensor([mx - ix, my - iy])
+    if tag is not None:
+        out[f"{kind}_tag"][b, 0, iy, ix] = tag
+
+
+def put_object(out, b, c, box, *, tag=0.0, scores=(0.9, 0.8, 0.7), center="middle"):
+    x1, y1, x2, y2 = box
+    put_point(out, "tl", b, c, x1, y1, scores[0], tag)
+    put_point(out, "br", b, c, x2, y2, scores[1], tag)
+    if center == "middle":
+        put_point(out, "ct", b, c, (x1 + x2) / 2, (y1 + y2) / 2, scores[2])
+    elif center is not None:
+        put_point(out, "ct", b, c, center[0], center[1], scores[2])
+
+
+def to(out, device, dtype=None):
+    return {k: v.to(device=device, dtype=dtype if dtype is not None else v.dtype) for k, v in out.items()}
+
+
+def valid_rows(det: Detections, b: int = 0):
+    n = int(det.num[b])
+    return det.boxes[b, :n].cpu(), det.scores[b, :n].cpu(), det.labels[b, :n].cpu()
+
+
+def check_layout(det: Detections, B: int, D: int):
+    assert det.boxes.shape == (B, D, 4) and det.scores.shape == (B, D) and det.labels.shape == (B, D)
+    assert det.num.shape == (B,) and det.labels.dtype == torch.long and det.num.dtype == torch.long
+    for b in range(B):
+        n = int(det.num[b])
+        assert (det.labels[b, :n] >= 0).all() and (det.labels[b, n:] == -1).all()
+        assert (det.scores[b, :n] > 0).all() and (det.scores[b, n:] == 0).all()
+        assert (det.boxes[b, n:] == 0).all()
+        assert (det.scores[b, :-1] >= det.scores[b, 1:]).all()
+
+
+def random_outputs(B=2, C=3, H=24, W=24, seed=0, sparse=False):
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k in ("tl_heat", "br_heat", "ct_heat"):
+        if sparse:  # a few peaks only: fewer than top-K
+            h = torch.full((B, C * H * W), NEG)
+            idx = torch.randint(0, C * H * W, (B, 40), generator=g)
+            h.scatter_(1, idx, torch.randn(B, 40, generator=g) * 2)
+            out[k] = h.view(B, C, H, W)
+        else:
+            out[k] = torch.randn(B, C, H, W, generator=g) * 2
+    for k in ("tl_tag", "br_tag"):
+        out[k] = torch.randn(B, 1, H, W, generator=g) * 0.4
+    for k in ("tl_regr", "br_regr", "ct_regr"):
+        out[k] = torch.rand(B, 2, H, W, generator=g)
+    return out
+
+
+def assert_matches_reference(det: Detections, ref, atol=1e-3):
+    """Same detections as the reference, in the same order up to swaps of rows whose scores differ
+    by float rounding only (the two sigmoids may differ in the last bit)."""
+    for b, (rb, rs, rl) in enumerate(ref):
+        boxes, scores, labels = (t.numpy() for t in valid_rows(det, b))
+        assert len(rs) == len(scores), f"image {b}: {len(scores)} detections, reference {len(rs)}"
+        np.testing.assert_allclose(scores, rs, atol=1e-5)
+        used = np.zeros(len(rs), dtype=bool)
+        for i in range(len(scores)):
+            cand = np.flatnonzero(
+                ~used & (np.abs(rs - scores[i]) <= 1e-5) & (rl == labels[i])
+                & (np.abs(rb - boxes[i]).max(axis=1, initial=0.0) <= atol)
+            )
+            assert len(cand), f"image {b} row {i}: {boxes[i]} {scores[i]} {labels[i]} not in the reference"
+            used[cand[np.argmin(np.abs(cand - i))]] = True
+
+
+# ----------------------------------------------------------------------------- known boxes
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nms", NMS)
+@pytest.mark.parametrize("mode", ["triplet", "pairs"])
+def test_recovers_hand_made_boxes(device, nms, mode):
+    out = blank(C=3)
+    put_object(out, 0, 0, (10.5, 12.25, 70.0, 60.75), tag=1.0, scores=(0.9, 0.8, 0.4))
+    put_object(out, 0, 2, (40.0, 50.0, 120.0, 126.0), tag=-1.0, scores=(0.6, 0.7, 0.95))
+    det = decode(to(out, device), DecodeConfig(nms=nms, mode=mode))
+    check_layout(det, 1, 100)
+    assert det.boxes.device.type == torch.device(device).type
+    boxes, scores, labels = valid_rows(det)
+    if mode == "triplet":
+        expect_scores = [(0.6 + 0.7 + 0.95) / 3, (0.9 + 0.8 + 0.4) / 3]
+        order = [1, 0]
+    else:
+        expect_scores = [(0.9 + 0.8) / 2, (0.6 + 0.7) / 2]
+        order = [0, 1]
+    gt = torch.tensor([[10.5, 12.25, 70.0, 60.75], [40.0, 50.0, 120.0, 126.0]])[order]
+    assert torch.allclose(boxes, gt, atol=1e-4)
+    assert scores.tolist() == pytest.approx(expect_scores, abs=1e-5)
+    assert labels.tolist() == [[0, 2][i] for i in order]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_central_region_check(device):
+    box = (20.0, 20.0, 100.0, 100.0)  # 80 x 80 <= 150^2 -> n = 3: central region (46.7, 73.3)^2
+
+    def run(center, cls=1, mode="triplet", **cfg):
+        out = blank(C=2)
+        put_object(out, 0, 1, box, center=None)
+        if center is not None:
+            put_point(out, "ct", 0, cls, center[0], center[1], 0.7)
+        return decode(to(out, device), DecodeConfig(mode=mode, **cfg))
+
+    assert int(run(None).num[0]) == 0  # no centre at all
+    kept = run(None, mode="pairs")  # CornerNet-style decoding keeps the pair
+    assert int(kept.num[0]) == 1 and kept.scores[0, 0].item() == pytest.approx(0.85, abs=1e-6)
+    assert int(run((60.0, 60.0), cls=0).num[0]) == 0  # centre of another class
+    assert int(run((40.0, 60.0)).num[0]) == 0  # inside the box, outside the central region
+    assert int(run((60.0, 40.0)).num[0]) == 0
+    det = run((60.0, 60.0))
+    assert int(det.num[0]) == 1
+    assert det.scores[0, 0].item() == pytest.approx((0.9 + 0.8 + 0.7) / 3, abs=1e-6)
+    assert det.boxes[0, 0].cpu().tolist() == pytest.approx(list(box), abs=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_central_region_boundaries_and_large_boxes(device):
+    def run(box, center, **cfg):
+        out = blank(C=1, H=64, W=64)
+        put_object(out, 0, 0, box, center=center)
+        return int(decode(to(out, device), DecodeConfig(**cfg)).num[0])
+
+    # small box 96 x 96, n = 3: central region is (32, 64) exactly; strict inequalities
+    assert run((0.0, 0.0, 96.0, 96.0), (32.0, 48.0)) == 0
+    assert run((0.0, 0.0, 96.0, 96.0), (32.25, 48.0)) == 1
+    assert run((0.0, 0.0, 96.0, 96.0), (48.0, 64.0)) == 0
+    assert run((0.0, 0.0, 96.0, 96.0), (48.0, 63.75)) == 1
+    # large box 200 x 200 > 150^2, n = 5: central region (80, 120); x = 76 is inside for n = 3 only
+    assert run((0.0, 0.0, 200.0, 200.0), (76.0, 100.0)) == 0
+    assert run((0.0, 0.0, 200.0, 200.0), (84.0, 100.0)) == 1
+    assert run((0.0, 0.0, 200.0, 200.0), (76.0, 100.0), small_area=200.0**2) == 1
+    assert run((0.0, 0.0, 200.0, 200.0), (84.0, 100.0), n_large=9) == 0  # (88.9, 111.1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_best_matching_centre_score_is_used(device):
+    out = blank(C=2, H=32, W=32)
+    put_object(out, 0, 0, (0.0, 0.0, 120.0, 120.0), center=None, scores=(0.9, 0.8, 0.5))
+    put_point(out, "ct", 0, 0, 50.0, 50.0, 0.5)
+    put_point(out, "ct", 0, 0, 70.0, 66.0, 0.75)
+    put_point(out, "ct", 0, 1, 60.0, 60.0, 0.99)  # other class: ignored
+    put_point(out, "ct", 0, 0, 10.0, 10.0, 0.95)  # outside the central region: ignored
+    det = decode(to(out, device), DecodeConfig(nms="none"))
+    assert int(det.num[0]) == 1
+    assert det.scores[0, 0].item() == pytest.approx((0.9 + 0.8 + 0.75) / 3, abs=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["triplet", "pairs"])
+def test_pair_rejections(device, mode):
+    def run(tl, br, *, tl_cls=0, br_cls=0, tl_tag=0.0, br_tag=0.0, **cfg):
+        out = blank(C=2, H=32, W=32)
+        put_point(out, "tl", 0, tl_cls, *tl, 0.9, tl_tag)
+        put_point(out, "br", 0, br_cls, *br, 0.8, br_tag)
+        for c in (0, 1):  # centres of both classes at both possible box centres
+            put_point(out, "ct", 0, c, (tl[0] + br[0]) / 2, (tl[1] + br[1]) / 2, 0.7)
+        return int(decode(to(out, device), DecodeConfig(mode=mode, **cfg)).num[0])
+
+    assert run((10.0, 10.0), (90.0, 90.0)) == 1
+    assert run((10.0, 10.0), (90.0, 90.0), br_cls=1) == 0  # class mismatch
+    assert run((10.0, 10.0), (90.0, 90.0), tl_tag=0.1, br_tag=0.7) == 0  # |0.6| > 0.5
+    assert run((10.0, 10.0), (90.0, 90.0), tl_tag=0.1, br_tag=0.5) == 1  # |0.4| <= 0.5
+    assert run((10.0, 10.0), (90.0, 90.0), tl_tag=0.1, br_tag=0.7, ae_threshold=0.7) == 1
+    assert run((90.0, 90.0), (10.0, 10.0)) == 0  # br above-left of tl
+    assert run((90.0, 10.0), (10.0, 90.0)) == 0  # br left of tl
+    assert run((10.0, 90.0), (90.0, 10.0)) == 0  # br above tl
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nms_variants_on_duplicate_boxes(device):
+    out = blank(C=1, H=32, W=32)
+    put_point(out, "tl", 0, 0, 10.0, 10.0, 0.9)
+    put_point(out, "tl", 0, 0, 22.0, 10.0, 0.7)  # second top-left corner 3 cells to the right
+    put_point(out, "br", 0, 0, 100.0, 90.0, 0.8)
+    put_point(out, "ct", 0, 0, 58.0, 50.0, 0.6)
+    first, second = (0.9 + 0.8) / 2, (0.7 + 0.8) / 2
+    iou = 78.0 * 80.0 / (90.0 * 80.0)
+    expect = {
+        "none": [first, second],
+        "hard": [first],
+        "soft": [first, second * math.exp(-iou * iou / 0.5)],
+        "soft_linear": [first, second * (1 - iou)],
+    }
+    for nms, scores in expect.items():
+        det = decode(to(out, device), DecodeConfig(mode="pairs", nms=nms))
+        assert det.scores[0, : int(det.num[0])].cpu().tolist() == pytest.approx(scores, abs=1e-6), nms
+    det = decode(to(out, device), DecodeConfig(mode="pairs", nms="hard", nms_iou=0.9))
+    assert int(det.num[0]) == 2
+    det = decode(to(out, device), DecodeConfig(mode="pairs", nms="none", score_threshold=0.8))
+    assert det.scores[0].tolist()[:2] == pytest.approx([first, 0.0])
+
+
+# ----------------------------------------------------------------------------- letterbox mapping
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_boxes_in_original_image_coordinates(device):
+    # image 0: 640x360 landscape, image 1: 360x640 portrait, both letterboxed into 512x512
+    p = letterbox_params([(360, 640), (640, 360)], (512, 512))
+    assert p.scale.tolist() == pytest.approx([0.8, 0.8]) and p.offset.tolist() == [[0, 112], [112, 0]]
+    out = blank(B=2, C=1, H=128, W=128)
+    orig0 = torch.tensor([100.0, 50.0, 300.0, 250.0])
+    put_object(out, 0, 0, (orig0 * 0.8 + torch.tensor([0.0, 112.0, 0.0, 112.0])).tolist())
+    put_object(out, 0, 0, (300.0, 100.0, 460.0, 140.0), tag=3.0)  # reaches into the top padding
+    orig1 = torch.tensor([10.0, 500.0, 350.0, 630.0])
+    put_object(out, 1, 0, (orig1 * 0.8 + torch.tensor([112.0, 0.0, 112.0, 0.0])).tolist())
+    det = decode(to(out, device), DecodeConfig(), scale=p.scale.to(device), offset=p.offset.to(device),
+                 orig_size=p.orig_size.to(device))
+    check_layout(det, 2, 100)
+    assert det.num.tolist() == [2, 1]
+    got0 = sorted(det.boxes[0, :2].cpu().tolist())
+    assert got0[0] == pytest.approx(orig0.tolist(), abs=1e-3)
+    assert got0[1] == pytest.approx([375.0, 0.0, 575.0, 35.0], abs=1e-3)  # y1 = -15 clipped to 0
+    assert det.boxes[1, 0].cpu().tolist() == pytest.approx(orig1.tolist(), abs=1e-3)
+    # without the parameters the boxes stay in network-input pixels
+    plain = decode(to(out, device), DecodeConfig())
+    assert plain.boxes[1, 0].cpu().tolist() == pytest.approx([120.0, 400.0, 392.0, 504.0], abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- against the reference
+
+
+@pytest.mark.parametrize("nms", NMS)
+@pytest.mark.parametrize("mode", ["triplet", "pairs"])
+def test_random_heatmaps_match_reference(nms, mode):
+    out = random_outputs(B=2, seed=3)
+    cfg = DecodeConfig(nms=nms, mode=mode)
+    p = letterbox_params([(72, 128), (96, 80)], (96, 96))
+    kw = dict(scale=p.scale, offset=p.offset, orig_size=p.orig_size)
+    det = decode(out, cfg, **kw)
+    check_layout(det, 2, 100)
+    assert det.num.min() > 0
+    assert_matches_reference(det, reference_decode(out, cfg, **kw))
+
+
+@pytest.mark.parametrize("nms", ["soft", "hard"])
+@pytest.mark.parametrize("mode", ["triplet", "pairs"])
+def test_sparse_heatmaps_and_other_settings_match_reference(nms, mode):
+    out = random_outputs(B=2, C=2, H=20, W=28, seed=4, sparse=True)
+    cfg = DecodeConfig(nms=nms, mode=mode, topk=40, num_dets=300, max_per_image=30, small_area=30.0**2,
+                       score_threshold=0.2, ae_threshold=0.3, kernel=5)
+    det = decode(out, cfg)
+    check_layout(det, 2, 30)
+    assert det.num.min() > 0
+    assert_matches_reference(det, reference_decode(out, cfg))
+
+
+@pytest.mark.parametrize("nms", NMS)
+def test_batch_equals_per_image(nms):
+    out = random_outputs(B=3, C=2, H=20, W=20, seed=5)
+    cfg = DecodeConfig(nms=nms)
+    det = decode(out, cfg)
+    for b in range(3):
+        one = decode({k: v[b : b + 1] for k, v in out.items()}, cfg)
+        for full, single in zip(det, one):
+            assert torch.allclose(full[b : b + 1].float(), single.float(), atol=1e-5)
+
+
+def test_host_sync_and_max_per_image_do_not_change_results():
+    out = random_outputs(B=2, seed=6)
+    ref = decode(out, DecodeConfig())
+    assert all(torch.equal(a, b) for a, b in zip(ref, decode(out, DecodeConfig(host_sync=False))))
+    top5 = decode(out, DecodeConfig(max_per_image=5))
+    check_layout(top5, 2, 5)
+    assert top5.num.tolist() == [5, 5]
+    assert torch.equal(top5.boxes, ref.boxes[:, :5]) and torch.equal(top5.scores, ref.scores[:, :5])
+
+
+# ----------------------------------------------------------------------------- dtypes, devices, empty
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp16_inputs(device):
+    out = blank(C=3)
+    put_object(out, 0, 0, (10.5, 12.25, 70.0, 60.75), tag=1.0)
+    put_object(out, 0, 2, (40.0, 50.0, 120.0, 126.0), tag=-1.0, scores=(0.6, 0.7, 0.95))
+    ref = decode(to(out, device), DecodeConfig())
+    half = decode(to(out, device, torch.float16), DecodeConfig())
+    assert half.boxes.dtype == torch.float32 and torch.equal(half.num, ref.num)
+    assert torch.allclose(half.boxes, ref.boxes, atol=1e-3)
+    assert torch.allclose(half.scores, ref.scores, atol=2e-3)
+    assert torch.equal(half.labels, ref.labels)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_inputs(device):
+    out = random_outputs(B=2, seed=9)
+    ref = decode(to(out, device), DecodeConfig())
+    cl = {k: v.to(device).contiguous(memory_format=torch.channels_last) for k, v in out.items()}
+    got = decode(cl, DecodeConfig())
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_separable_max_filter_equals_max_pool(kernel):
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 3, 9, 7, generator=g)
+    x[0, 0, 2:5, 2:5] = 1.5  # plateau
+    pooled = torch.nn.functional.max_pool2d(x, kernel, stride=1, padding=(kernel - 1) // 2)
+    assert torch.equal(_max_filter(x, kernel, separable=True), pooled)
+    assert torch.equal(_max_filter(x, kernel, separable=False), pooled)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("nms", NMS)
+def test_cuda_matches_cpu(nms):
+    out = random_outputs(B=2, seed=7)
+    cpu = decode(out, DecodeConfig(nms=nms))
+    gpu = decode(to(out, "cuda"), DecodeConfig(nms=nms))
+    assert torch.equal(cpu.num, gpu.num.cpu()) and torch.equal(cpu.labels, gpu.labels.cpu())
+    assert torch.allclose(cpu.boxes, gpu.boxes.cpu(), atol=1e-3)
+    assert torch.allclose(cpu.scores, gpu.scores.cpu(), atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["triplet", "pairs"])
+def test_empty_inputs(device, mode):
+    for nms in NMS:
+        cfg = DecodeConfig(mode=mode, nms=nms)
+        det = decode(to(blank(B=2), device), cfg)  # no peaks at all
+        check_layout(det, 2, 100)
+        assert det.num.tolist() == [0, 0]
+        assert det.num.device.type == torch.device(device).type
+        for shape in [(0, 3, 8, 8), (2, 0, 8, 8), (2, 3, 0, 0)]:
+            B, C, H, W = shape
+            empty = to(blank(B, C, H, W), device)
+            det = decode(empty, cfg, scale=torch.ones(B), offset=torch.zeros(B, 2), orig_size=torch.ones(B, 2))
+            check_layout(det, B, 100)
+            assert det.num.tolist() == [0] * B
+    # corners without any valid pair: only an inverted pair and a class mismatch
+    out = blank(C=2)
+    put_point(out, "tl", 0, 0, 80.0, 80.0, 0.9)
+    put_point(out, "br", 0, 0, 20.0, 20.0, 0.9)
+    put_point(out, "br", 0, 1, 100.0, 100.0, 0.9)
+    assert int(decode(to(out, device), DecodeConfig(mode=mode)).num[0]) == 0
+
+
+def test_tiny_map_with_topk_larger_than_map():
+    out = blank(C=1, H=2, W=2)
+    put_object(out, 0, 0, (0.0, 0.0, 5.0, 6.0), scores=(0.9, 0.8, 0.7))
+    det = decode(out, DecodeConfig())
+    assert int(det.num[0]) == 1
+    assert det.boxes[0, 0].tolist() == pytest.approx([0.0, 0.0, 5.0, 6.0])
+
+
+def test_no_grad_and_validation():
+    out = random_outputs(B=1, seed=8)
+    out = {k: v.requires_grad_() for k, v in out.items()}
+    det = decode(out)
+    assert not det.boxes.requires_grad and not det.scores.requires_grad
+    bad = dict(out)
+    del bad["ct_heat"]
+    with pytest.raises(ValueError, match="ct_heat"):
+        decode(bad)
+    assert decode(bad, DecodeConfig(mode="pairs")).num.shape == (1,)  # pairs mode needs no centres
+    with pytest.raises(ValueError, match=r"\(1, 2, 5, 5\)"):
+        decode({**out, "tl_regr": torch.zeros(1, 2, 5, 5)})
+    with pytest.raises(ValueError, match="tl_heat"):
+        decode({k: v for k, v in out.items() if k != "tl_heat"})
+    with pytest.raises(ValueError, match="offset"):
+        decode(out, offset=torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("topk", 0), ("num_dets", -1), ("kernel", 2), ("kernel", 0), ("stride", 0), ("n_small", 0),
+        ("max_per_image", 0), ("ae_threshold", 0.0), ("small_area", -1.0), ("score_threshold", 1.0),
+        ("mode", "quad"), ("nms", "soft_gaussianish"), ("nms_sigma", 0.0), ("nms_iou", 1.5), ("topk", 2.5),
+    ],
+)
+def test_config_validation(field, value):
+    with pytest.raises(ValueError, match=field) as err:
+        DecodeConfig(**{field: value})
+    assert repr(value) in str(err.value)
+
+
+def test_config_defaults_follow_the_paper():
+    cfg = DecodeConfig()
+    assert dataclasses.asdict(cfg) == {
+        "topk": 70, "ae_threshold": 0.5, "num_dets": 1000, "kernel": 3, "stride": 4, "mode": "triplet",
+        "small_area": 22500.0, "n_small": 3, "n_large": 5, "score_threshold": 0.0, "nms": "soft",
+        "nms_sigma": 0.5, "nms_iou": 0.5, "max_per_image": 100, "host_sync": True,
+    }
+    # the defaults are used by the decoder: a 150 x 150 box is "small" (n = 3), 151 x 150 is not
+    out = blank(C=1, H=64, W=64)
+    put_object(out, 0, 0, (0.0, 0.0, 150.0, 150.0), center=(58.0, 75.0))  # in (50, 100), not in (60, 90)
+    assert int(decode(out).num[0]) == 1
+    out = blank(C=1, H=64, W=64)
+    put_object(out, 0, 0, (0.0, 0.0, 151.0, 150.0), center=(58.0, 75.0))
+    assert int(decode(out).num[0]) == 0
