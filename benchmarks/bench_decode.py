@@ -27,7 +27,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from common import (  # noqa: E402
     format_table,
     resolve_device,
     setup_threads,
-    time_callable,
+    time_interleaved,
     write_json,
 )
 
@@ -78,15 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nms", default="soft", choices=NMS_CHOICES)
     p.add_argument("--weights", type=Path, default=None, help="model source: trained .safetensors file")
     p.add_argument("--images", type=Path, default=None, help="model source: folder of images (jpg/png)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--ref-repeats", type=int, default=3, help="timed calls of the (slow) reference")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls of each decoder")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls of each decoder (interleaved), median reported")
     p.add_argument("--atol", type=float, default=1e-3, help="tolerance for box (px) and score differences")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.size < 32 or args.size % 32:
         p.error(f"--size must be a positive multiple of 32, got {args.size!r}")
-    for name in ("num_classes", "objects", "topk", "repeats", "ref_repeats"):
+    for name in ("num_classes", "objects", "topk", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)!r}")
     if any(b < 1 for b in args.batch_sizes):
@@ -226,9 +224,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ours = decode(on_dev, cfg)
         ref = reference_decode(outputs, cfg)
         check = compare(ours, ref, args.atol)
-        t_ours = time_callable(lambda: decode(on_dev, cfg), device=device, warmup=args.warmup, repeats=args.repeats)
-        # the reference starts from the same device tensors: its host copy is part of its cost
-        t_ref = time_callable(lambda: reference_decode(on_dev, cfg), device=device, warmup=1, repeats=args.ref_repeats)
+        # alternating calls (ours, reference, ours, ...) so a changing load hits both alike; the reference
+        # starts from the same device tensors: its host copy is part of its cost
+        t = time_interleaved({"ours": lambda: decode(on_dev, cfg), "ref": lambda: reference_decode(on_dev, cfg)},
+                             device=device, warmup=args.warmup, repeats=args.repeats)
+        t_ours, t_ref = t["ours"], t["ref"]
         C, H, W = outputs["tl_heat"].shape[1:]
         row = {
             "source": args.source, "batch": b, "map": f"{H}x{W}", "classes": C, "topk": cfg.topk,
@@ -244,9 +244,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"x{row['speedup']:.1f}, match={row['match']}", file=sys.stderr, flush=True)
     config = {"decode_config": repr(cfg), "source": args.source, "size": args.size, "objects": args.objects,
               "weights": str(args.weights) if args.weights else None, "images": str(args.images) if args.images else None,
-              "warmup": args.warmup, "repeats": args.repeats, "ref_repeats": args.ref_repeats,
+              "warmup": args.warmup, "repeats": args.repeats,
               "atol": args.atol, "seed": args.seed}
-    return {"env": environment(device), "config": config, "rows": rows}
+    return {"env": environment(device, script=__file__, argv=args.argv), "config": config, "rows": rows}
 
 
 def report(result: dict[str, Any]) -> str:
@@ -254,7 +254,7 @@ def report(result: dict[str, Any]) -> str:
     lines = ["## Decoder speed (issue 6: target speed-up >= 10 at K = 70 on CPU)", "", format_env(result["env"]), "",
              f"`{cfg['decode_config']}`", "",
              f"source {cfg['source']}, input {cfg['size']}, {cfg['objects']} objects/img (synthetic); "
-             f"median of {cfg['repeats']} (decode) / {cfg['ref_repeats']} (reference) repeats", "",
+             f"median of {cfg['repeats']} interleaved repeats", "",
              format_table(result["rows"], COLUMNS)]
     for r in result["rows"]:
         for msg in r["problems"]:
@@ -264,6 +264,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.argv = argv
     result = run(args)
     print(report(result))
     write_json(args.json, result)

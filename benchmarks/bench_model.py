@@ -3,8 +3,9 @@
 
 Legend: B batch, C classes, S input side (square input S x S), H/W output map size (S / 4).
 
-For every precision x input size x batch size, both models run back to back on the same random input
-``Tensor[B, 3, S, S]`` (random weights: speed does not depend on the values). Three timings, each the
+For every precision x input size x batch size, both models run on the same random input
+``Tensor[B, 3, S, S]`` (random weights: speed does not depend on the values), alternating call by call
+(A B A B ...) so that a changing load on a shared machine affects both alike. Three timings, each the
 median of ``--repeats`` synchronised calls after ``--warmup`` calls:
 
 - forward: ``model(x)`` under ``torch.inference_mode()`` (+ autocast for fp16/bf16);
@@ -49,6 +50,7 @@ from common import (  # noqa: E402
     resolve_precisions,
     setup_threads,
     time_callable,
+    time_interleaved,
     write_json,
 )
 from baseline_ctdet import ctdet_decode, ctdet_resnet18  # noqa: E402
@@ -185,9 +187,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for size in args.sizes:
             for b in batch_sizes:
                 x = torch.randn(b, 3, size, size, device=device).to(memory_format=memory_format)  # (B, 3, S, S)
-                for name in args.models:  # models back to back on the same input: fair under drifting load
-                    model, compiled, compile_error = runners[name]
-                    dec = decoders[name]
+                fwd_fns, tot_fns = {}, {}
+                for name in args.models:
+                    model, dec = runners[name][0], decoders[name]
 
                     def fwd(model=model):
                         with torch.inference_mode(), autocast_context(precision, device):
@@ -199,11 +201,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 out = model(x)
                             return dec(out)
 
-                    t_fwd = time_callable(fwd, device=device, warmup=warmup, repeats=repeats)
-                    outputs = fwd()
+                    fwd_fns[name], tot_fns[name] = fwd, total
+                # the models alternate call by call on the same input: fair under a drifting load
+                t_fwd = time_interleaved(fwd_fns, device=device, warmup=warmup, repeats=repeats)
+                t_tot = time_interleaved(tot_fns, device=device, warmup=warmup, repeats=repeats)
+                for name in args.models:
+                    _, compiled, compile_error = runners[name]
+                    outputs = fwd_fns[name]()
                     with torch.inference_mode():
-                        t_dec = time_callable(lambda: dec(outputs), device=device, warmup=warmup, repeats=repeats)
-                    t_tot = time_callable(total, device=device, warmup=warmup, repeats=repeats)
+                        t_dec = time_callable(lambda: decoders[name](outputs), device=device, warmup=warmup,
+                                              repeats=repeats)
+                    tf, tt = t_fwd[name], t_tot[name]
                     row = {
                         "model": name,
                         "size": size,
@@ -212,24 +220,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "channels_last": args.channels_last,
                         "compiled": compiled,
                         "compile_error": compile_error,
-                        "forward_ms_per_batch": t_fwd.median * 1e3,
-                        "forward_ms_per_img": t_fwd.median * 1e3 / b,
+                        "forward_ms_per_batch": tf.median * 1e3,
+                        "forward_ms_per_img": tf.median * 1e3 / b,
                         "decode_ms_per_img": t_dec.median * 1e3 / b,
-                        "total_ms_per_img": t_tot.median * 1e3 / b,
-                        "img_per_s": b / t_tot.median,
+                        "total_ms_per_img": tt.median * 1e3 / b,
+                        "img_per_s": b / tt.median,
                         "gmac_per_img": gmac.get((name, size)),
                         "params_m": params[name],
-                        "forward": t_fwd.as_dict(),
+                        "forward": tf.as_dict(),
                         "decode": t_dec.as_dict(),
-                        "total": t_tot.as_dict(),
+                        "total": tt.as_dict(),
                     }
                     rows.append(row)
                     print(f"  {name:8s} {precision} S={size} B={b}: forward {row['forward_ms_per_img']:.1f} "
                           f"decode {row['decode_ms_per_img']:.2f} total {row['total_ms_per_img']:.1f} ms/img",
                           file=sys.stderr, flush=True)
-                del x
 
-    env = environment(device, cudnn_benchmark=torch.backends.cudnn.benchmark if cuda else None)
+    env = environment(device, script=__file__, argv=args.argv, cudnn_benchmark=torch.backends.cudnn.benchmark if cuda else None)
     config = {
         "models": args.models, "batch_sizes": batch_sizes, "sizes": args.sizes, "precisions": precisions,
         "skipped_precisions": skipped, "num_classes": args.num_classes, "warmup": warmup, "repeats": repeats,
@@ -263,6 +270,9 @@ def report(result: dict[str, Any]) -> str:
     for msg in cfg["skipped_precisions"]:
         lines.append(f"note: {msg}")
     lines += [format_table(result["rows"], COLUMNS), ""]
+    failed = {(r["model"], r["precision"]): r["compile_error"] for r in result["rows"] if r.get("compile_error")}
+    for (model, prec), reason in failed.items():
+        lines.append(f"note: torch.compile failed for {model} ({prec}), eager used: {reason}")
     if result["issue3"]:
         lines += ["### Issue 3: ours / baseline forward time (target <= 1.0)", "",
                   format_table(result["issue3"], [("precision", "precision"), ("size", "input"), ("batch", "batch"),
@@ -274,6 +284,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.argv = argv
     result = run(args)
     print(report(result))
     write_json(args.json, result)

@@ -4,14 +4,16 @@
 Legend: N cameras, B frames in one forward pass (<= N), H/W camera image size, D detections of a frame.
 
 For every camera count N x image size, the script starts the detector node in its own process
-(``python -m centernet_ros.ros.node`` with a generated parameter file, on a private ``ROS_DOMAIN_ID``
-and localhost-only discovery, topics under ``/bench``), then publishes real ``sensor_msgs/Image``
+(``python -m centernet_ros.ros.node`` with a generated parameter file, on a private ``ROS_DOMAIN_ID``,
+topics under ``/bench``; with Fast DDS both processes use ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA``,
+see ``--dds-transport``), then publishes real ``sensor_msgs/Image``
 frames (``bgr8``, frames of the traffic clip resized to the camera size, or synthetic frames when the
 clip is missing) on N topics:
 
-- ``--rate 0`` (default): closed loop, as fast as the node can go: each camera sends its next frame as
-  soon as the detections of its previous frame arrived (timeout ``--loop-timeout``), so the node is
-  always busy and batches up to N frames without dropping any;
+- ``--rate 0`` (default): closed loop, as fast as the node can go, synchronised cameras: all N cameras
+  publish a frame, and the next round starts as soon as the detections of all N frames arrived (a round
+  with an unanswered frame is given up after ``--loop-timeout``), so the node batches up to N frames
+  and never has to drop one;
 - ``--rate R``: every camera publishes at R Hz; frames the node cannot keep up with are dropped by it
   (newest frame wins) and counted.
 
@@ -132,6 +134,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="clip the camera frames come from")
     p.add_argument("--stage-repeats", type=int, default=5, help="timed repeats of the stage breakdown")
     p.add_argument("--no-stages", action="store_true", help="skip the in-process stage breakdown")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end runs (stage breakdown only)")
+    p.add_argument("--qos", default="best_effort", choices=("best_effort", "reliable"),
+                   help="camera QoS reliability (publishers and the node's qos_reliability parameter)")
+    p.add_argument("--dds-transport", default="LARGE_DATA",
+                   help="FASTDDS_BUILTIN_TRANSPORTS for both processes when the RMW is Fast DDS and the variable "
+                        "is not set already (LARGE_DATA: shared memory + TCP; 'default' = leave Fast DDS's default, "
+                        "UDP fragments, which loses most large best-effort frames here)")
     args = p.parse_args(argv)
     if any(n < 1 for n in args.cameras):
         p.error(f"--cameras must be >= 1, got {args.cameras!r}")
@@ -227,6 +236,7 @@ def write_params(path: Path, *, weights: Path, device: str, input_size: tuple[in
         "max_batch_size": int(args.max_batch_size),
         "max_batch_latency_ms": float(args.max_batch_latency_ms),
         "score_threshold": float(args.score_threshold),
+        "qos_reliability": args.qos,
     }
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
 
@@ -261,7 +271,7 @@ def stop_node(proc: subprocess.Popen) -> None:
 class Bench:
     """rclpy node publishing N cameras and listening to their detections and to /diagnostics."""
 
-    def __init__(self, n: int, msgs: list[Any], rate: float, loop_timeout: float) -> None:
+    def __init__(self, n: int, msgs: list[Any], rate: float, loop_timeout: float, qos: str) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.node import Node
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -271,7 +281,8 @@ class Bench:
         self.node = Node("bench_cameras")
         self.n, self.msgs, self.rate, self.loop_timeout = n, msgs, rate, loop_timeout
         self.topics = [f"{TOPIC_PREFIX}/cam{i}/image_raw" for i in range(n)]
-        cam_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        reliability = ReliabilityPolicy.RELIABLE if qos == "reliable" else ReliabilityPolicy.BEST_EFFORT
+        cam_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
         det_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.pubs = [self.node.create_publisher(Image, t, cam_qos) for t in self.topics]
         self.subs = [
@@ -285,12 +296,13 @@ class Bench:
         self.sending = False
         self.frame_idx = [i for i in range(n)]  # cameras start on different frames
         self.outstanding: list[dict[int, int]] = [dict() for _ in range(n)]  # stamp ns -> publish ns
-        self.last_sent = [0] * n
+        self.waiting: set[int] = set()  # closed loop: cameras of the current round not answered yet
+        self.round_start = 0
         self.reset_window(float("inf"))
         if rate > 0:
             self.timers = [self.node.create_timer(1.0 / rate, lambda i=i: self._publish(i)) for i in range(n)]
         else:
-            self.timers = [self.node.create_timer(0.05, self._resend_stale)]
+            self.timers = [self.node.create_timer(0.05, self._check_round)]
 
     # window bookkeeping: only frames published inside [start, end) count
     def reset_window(self, start_ns: float, end_ns: float = float("inf")) -> None:
@@ -313,19 +325,21 @@ class Bench:
         self.outstanding[i][t] = t
         if len(self.outstanding[i]) > 1000:  # rate mode: forget very old unanswered frames
             self.outstanding[i].pop(next(iter(self.outstanding[i])))
-        self.last_sent[i] = t
         if self.win_start <= t < self.win_end:
             self.published += 1
         self.pubs[i].publish(msg)
 
-    def _resend_stale(self) -> None:
-        """Closed loop: a camera whose frame got no answer within loop_timeout sends the next one."""
-        if not self.sending:
-            return
-        now = self.now_ns()
+    def _start_round(self) -> None:
+        """Closed loop: every camera publishes its next frame (synchronised cameras)."""
+        self.round_start = self.now_ns()
+        self.waiting = set(range(self.n))
         for i in range(self.n):
-            if now - self.last_sent[i] > self.loop_timeout * 1e9:
-                self._publish(i)
+            self._publish(i)
+
+    def _check_round(self) -> None:
+        """Closed loop: a round with a frame unanswered after loop_timeout is given up (counted as lost)."""
+        if self.sending and self.waiting and self.now_ns() - self.round_start > self.loop_timeout * 1e9:
+            self._start_round()
 
     def _on_detections(self, i: int, msg: Any) -> None:
         now = self.now_ns()
@@ -335,8 +349,10 @@ class Bench:
             self.latencies.append((now - stamp) / 1e6)
             self.answered += 1
             self.detections += len(msg.detections)
-        if found and self.rate == 0 and self.sending:
-            self._publish(i)  # closed loop: this camera's next frame
+        if found and self.rate == 0:
+            self.waiting.discard(i)
+            if self.sending and not self.waiting:
+                self._start_round()  # closed loop: all cameras answered -> next round
 
     def _on_diag(self, msg: Any) -> None:
         for st in msg.status:
@@ -347,8 +363,7 @@ class Bench:
     def start(self) -> None:
         self.sending = True
         if self.rate == 0:
-            for i in range(self.n):
-                self._publish(i)
+            self._start_round()
 
     def counters(self) -> dict[str, float]:
         d = self.diag
@@ -382,7 +397,7 @@ def run_e2e(n: int, res: tuple[int, int], *, args: argparse.Namespace, device: s
     write_params(params, weights=weights, device=device, input_size=input_size, topics=topics, args=args)
     log = tmpdir / f"node_{n}_{res[0]}x{res[1]}.log"
     proc = start_node(params, env, log)
-    bench = Bench(n, msgs, args.rate, args.loop_timeout)
+    bench = Bench(n, msgs, args.rate, args.loop_timeout, args.qos)
     executor = SingleThreadedExecutor()
     executor.add_node(bench.node)
     try:
@@ -419,7 +434,6 @@ def run_e2e(n: int, res: tuple[int, int], *, args: argparse.Namespace, device: s
             "published": bench.published, "answered": bench.answered,
             "dropped": int(d["dropped"]), "lost": bench.published - bench.answered,
             "node_window": d, "startup_s": startup_s,
-            "node_process_s_per_batch": args.duration / d["batches"] if d["batches"] else None,
         }
     finally:
         executor.remove_node(bench.node)
@@ -455,7 +469,7 @@ def stage_breakdown(detector, msgs: list[Any], batch: int, repeats: int) -> dict
         with torch.inference_mode():
             detector.model(x)
 
-    def timed(fn, warmup=1):
+    def timed(fn, warmup=2):
         return time_callable(fn, device=dev, warmup=warmup, repeats=repeats).median * 1e3
 
     t = {
@@ -484,9 +498,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setup_threads(args.threads)
     device = resolve_device(args.device)
     input_size = tuple(args.input_size) if args.input_size else ((384, 640) if device.type == "cuda" else (192, 320))
-    domain = str(random.Random(os.getpid()).randint(20, 99))
-    os.environ["ROS_DOMAIN_ID"] = domain  # private domain: other ROS processes on this host do not interfere
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    # private domain (215..232, outside the 1..100 the test suite picks): other ROS processes do not interfere
+    domain = str(random.Random(os.getpid()).randint(215, 232))
+    os.environ["ROS_DOMAIN_ID"] = domain
+    rmw = os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    if "fastrtps" in rmw and args.dds_transport.lower() != "default":
+        os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", args.dds_transport)
+    if os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "").upper().startswith("LARGE_DATA") and \
+            os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "").upper() == "LOCALHOST":
+        # measured here: LOCALHOST discovery + LARGE_DATA delivers no samples at all between processes
+        print("note: unsetting ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (no data flows with LARGE_DATA); "
+              f"the private ROS_DOMAIN_ID={domain} isolates the benchmark", file=sys.stderr)
+        os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if args.node_threads is not None:
@@ -501,7 +524,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         all_msgs = {res: image_messages(load_frames(args.video, res)) for res in args.resolutions}
         rclpy.init()
         try:
-            for res in args.resolutions:
+            for res in ([] if args.no_e2e else args.resolutions):
                 for n in args.cameras:
                     print(f"  e2e: {n} camera(s) {res[0]}x{res[1]} ...", file=sys.stderr, flush=True)
                     row = run_e2e(n, res, args=args, device=str(device), weights=weights, input_size=input_size,
@@ -532,10 +555,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "input_size": list(input_size), "weights": weights_desc, "score_threshold": args.score_threshold,
         "max_batch_size": args.max_batch_size, "max_batch_latency_ms": args.max_batch_latency_ms,
         "fp16": args.fp16, "duration_s": args.duration, "warmup_s": args.warmup, "node_threads": args.node_threads,
-        "video": str(args.video), "ros_domain_id": domain,
+        "video": str(args.video), "ros_domain_id": domain, "qos": args.qos,
+        "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS"),
         "rmw": os.environ.get("RMW_IMPLEMENTATION") or _rmw_name(),
     }
-    return {"env": environment(device), "config": config, "rows": rows, "stages": stages}
+    return {"env": environment(device, script=__file__, argv=args.argv), "config": config, "rows": rows, "stages": stages}
 
 
 def _rmw_name() -> str:
@@ -552,7 +576,8 @@ def report(result: dict[str, Any]) -> str:
     lines = ["## End to end through ROS 2", "", format_env(result["env"]), "",
              f"node input {cfg['input_size'][0]}x{cfg['input_size'][1]} (HxW), model: {cfg['weights']}, "
              f"score_threshold {cfg['score_threshold']}, max_batch_size {cfg['max_batch_size']}, "
-             f"max_batch_latency_ms {cfg['max_batch_latency_ms']}, fp16 {cfg['fp16']}, rmw {cfg['rmw']}; "
+             f"max_batch_latency_ms {cfg['max_batch_latency_ms']}, fp16 {cfg['fp16']}, rmw {cfg['rmw']} "
+             f"(FASTDDS_BUILTIN_TRANSPORTS={cfg['FASTDDS_BUILTIN_TRANSPORTS']}), camera QoS {cfg['qos']}; "
              f"{cfg['warmup_s']} s warm-up, {cfg['duration_s']} s measured per row", ""]
     if result["rows"]:
         lines += [format_table(result["rows"], E2E_COLUMNS), "",
@@ -567,6 +592,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.argv = argv
     result = run(args)
     print(report(result))
     write_json(args.json, result)

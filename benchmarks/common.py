@@ -37,6 +37,7 @@ __all__ = [
     "setup_threads",
     "synchronize",
     "time_callable",
+    "time_interleaved",
     "write_json",
 ]
 
@@ -165,6 +166,29 @@ def time_callable(fn: Callable[[], Any], *, device: torch.device, warmup: int = 
     return Timing(times)
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, device: torch.device, warmup: int = 2,
+                     repeats: int = 5) -> dict[str, Timing]:
+    """Like :func:`time_callable` for several callables, interleaved (A B A B ...): each repeat times
+    every callable once, so a load change on a shared machine hits all of them alike."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup!r}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(t) for name, t in times.items()}
+
+
 def cpu_name() -> str:
     """CPU model name from ``lscpu`` (falls back to /proc/cpuinfo, then platform.processor())."""
     try:
@@ -183,13 +207,23 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def command_line() -> str:
-    """The exact command that is running, shell-quoted (interpreter + script + arguments)."""
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+def command_line(script: str | Path | None = None, argv: Sequence[str] | None = None) -> str:
+    """The exact command, shell-quoted: interpreter, script (relative to the repository when inside it)
+    and arguments. Defaults to ``sys.argv``; ``main(argv)`` called in-process passes its own."""
+    if script is None:
+        script = sys.argv[0]
+    script = Path(script).resolve()
+    try:
+        shown = str(script.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        shown = str(script)
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, shown, *args])
 
 
-def environment(device: torch.device, **extra: Any) -> dict[str, Any]:
-    """Machine and software record stored with every result."""
+def environment(device: torch.device, *, script: str | Path | None = None, argv: Sequence[str] | None = None,
+                **extra: Any) -> dict[str, Any]:
+    """Machine and software record stored with every result (``script``/``argv``: see :func:`command_line`)."""
     import numpy
 
     env: dict[str, Any] = {
@@ -206,7 +240,7 @@ def environment(device: torch.device, **extra: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "command": command_line(),
+        "command": command_line(script, argv),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     env.update(extra)
@@ -251,10 +285,22 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
     return "\n".join([header, sep, *body])
 
 
+def _json_safe(v: Any) -> Any:
+    """NaN / inf -> None (strict JSON), tuples -> lists, recursively."""
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as strict JSON (NaN -> null) to ``path``; no-op for ``None``."""
     if path is None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(_json_safe(payload), indent=2, default=str, allow_nan=False) + "\n")
     print(f"\nwrote {path}")

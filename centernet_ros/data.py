@@ -458,7 +458,8 @@ def _crop_border(border: float, size: float) -> float:
 def _warp(image: np.ndarray, m: np.ndarray, out_hw: tuple[int, int], pad: tuple[int, int, int]) -> np.ndarray:
     """``cv2.warpAffine`` for a map ``m`` (2x3) in continuous coordinates (pixel ``i`` covers ``[i, i+1)``)."""
     mc = m.copy()
-    # cv2 addresses pixel centres by integer index: u_i + 0.5 = a (x_i + 0.5) + t  =>  t_cv = t + 0.5 (a - 1)
+    # cv2 addresses pixel centres by integer index: u_i + 0.5 = A (x_i + 0.5) + t, so
+    # t_cv = t + A @ (0.5, 0.5) - 0.5 (rows of A: m[:, :2])
     mc[:, 2] += 0.5 * (m[:, 0] + m[:, 1] - 1.0)
     # OpenCV's vectorised bilinear warp is about twice as fast on 4-channel images as on 3-channel ones,
     # so the RGB image takes a detour through RGBA (same pixels, verified in the tests).
@@ -536,7 +537,7 @@ def _random_color(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generato
         lighting = 255.0 * (EIGVEC @ (alpha * EIGVAL))
     if lighting is None and all(f == 1.0 for f in factors.values()):
         return image
-    mean = np.asarray(cv2.mean(image)[:3])
+    mean = np.asarray(cv2.mean(image)[:3])  # over the whole warped image, padding included (as CornerNet)
     m = color_matrix(mean, order=order, lighting=lighting, **factors)
     return cv2.transform(image, m)  # uint8 in, uint8 out (rounded and saturated)
 
@@ -615,11 +616,20 @@ def letterbox_sample(
 # --------------------------------------------------------------------------------------------------
 
 
+def _to_chw(image: np.ndarray) -> Tensor:
+    """``uint8 (H, W, 3)`` -> contiguous ``Tensor[3, H, W]`` uint8 (``cv2.split`` into planes: ~10x faster
+    than a strided permute copy)."""
+    h, w = image.shape[:2]
+    out = np.empty((3, h, w), dtype=np.uint8)
+    cv2.split(np.ascontiguousarray(image), [out[0], out[1], out[2]])
+    return torch.from_numpy(out)
+
+
 def _normalise(image: np.ndarray) -> Tensor:
     """``uint8 (H, W, 3)`` RGB -> ``Tensor[3, H, W]`` float32 ``(x / 255 - MEAN) / STD``."""
     from .preprocess import MEAN, STD
 
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous().float()  # (3, H, W)
+    x = _to_chw(image).float()  # (3, H, W)
     std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
     mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
     return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
@@ -696,7 +706,7 @@ class CenterNetDataset(torch.utils.data.Dataset):
             labels = sample.labels
             scale, ox, oy = scale_off
         item = {
-            "image": _normalise(img) if self.normalize else torch.from_numpy(img).permute(2, 0, 1).contiguous(),
+            "image": _normalise(img) if self.normalize else _to_chw(img),
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).reshape(-1),
             "scale": torch.tensor(scale, dtype=torch.float32),

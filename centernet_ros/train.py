@@ -120,6 +120,7 @@ class OptimConfig:
     channels_last: bool = False  # channels-last memory format on CUDA
     grad_clip: float | None = 35.0  # max global gradient norm (None: no clipping)
     val_interval: int = 5  # validate every N epochs and after the last (0: never)
+    save_interval: int = 1  # write last.* every N epochs (and after the last epoch and every validation)
     val_batch_size: int | None = None  # validation batch (None: the per-process training batch)
     output_dir: str = "runs/train"  # checkpoints, logs
     resume: str | None = None  # run folder or last.safetensors of a previous run
@@ -138,7 +139,7 @@ class OptimConfig:
         if len(s) != 2 or any(not isinstance(v, int) or v <= 0 or v % 32 for v in s):
             raise ValueError(f"train.input_size must be (H, W), positive multiples of 32, got {self.input_size!r}")
         self.input_size = (int(s[0]), int(s[1]))
-        for name in ("batch_size", "epochs", "log_every"):
+        for name in ("batch_size", "epochs", "log_every", "save_interval"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"train.{name} must be a positive int, got {v!r}")
@@ -460,7 +461,9 @@ def train(cfg: TrainConfig) -> dict:
             best_ap = float(state["best_ap"]) if float(state["best_ap"]) >= 0 else None
             saved_step = read_meta(resume_model).extra.get("step")
             if saved_step is not None and int(saved_step) != step:
-                raise ValueError(f"'{resume_model}' (step {saved_step}) and '{resume_state}' (step {step}) do not match")
+                raise ValueError(
+                    f"'{resume_model}' (step {saved_step}) and '{resume_state}' (step {step}) do not match"
+                )
 
         gen = torch.Generator().manual_seed(oc.seed * 1000 + dist.rank)
         sampler = (
@@ -538,7 +541,8 @@ def train(cfg: TrainConfig) -> dict:
                 sums += torch.stack([terms[k].float() for k in ("focal", "pull", "push", "regr", "total")])
                 pbar.update(1)
                 if n_it % oc.log_every == 0 or step == total_iters:
-                    vals = [float(v) for v in torch.stack([terms[k] for k in ("total", "focal", "pull", "push", "regr")])]
+                    keys = ("total", "focal", "pull", "push", "regr")
+                    vals = torch.stack([terms[k].float() for k in keys]).tolist()  # one device sync
                     if not math.isfinite(vals[0]):
                         raise FloatingPointError(f"loss is not finite at iteration {step}: {vals[0]!r}")
                     pbar.set_postfix_str(
@@ -560,7 +564,7 @@ def train(cfg: TrainConfig) -> dict:
             row.update(epoch=epoch + 1, step=step, lr=f"{lr:.6g}", epoch_time_s=f"{epoch_time:.1f}")
             if dist.main:
                 if do_val:
-                    n_val = len(val_base) if cfg.data.limit_images is None else min(cfg.data.limit_images, len(val_base))
+                    n_val = min(cfg.data.limit_images or len(val_base), len(val_base))
                     res = predict_and_evaluate(
                         model, val_base, class_names=names, input_size=oc.input_size,
                         decode_cfgs={m: dataclasses.replace(cfg.decode, mode=m) for m in ("triplet", "pairs")},
@@ -581,7 +585,8 @@ def train(cfg: TrainConfig) -> dict:
                         best_ap = ap
                         save_model(out_dir / "best.safetensors", model, **save_kw,
                                    extra={**recipe, "epoch": epoch + 1, "step": step, "val": res["triplet"].to_dict()})
-                _save_checkpoint(out_dir, model, optimizer, scaler, epoch + 1, step, best_ap, save_kw, recipe)
+                if do_val or finished or (epoch + 1) % oc.save_interval == 0 or epoch + 1 == last_epoch:
+                    _save_checkpoint(out_dir, model, optimizer, scaler, epoch + 1, step, best_ap, save_kw, recipe)
                 log.write(row)
                 if tb is not None:
                     for k in ("loss", "focal", "pull", "push", "regr"):

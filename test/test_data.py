@@ -33,7 +33,10 @@ NO_COLOR = dict(brightness=0.0, contrast=0.0, saturation=0.0, lighting_std=0.0)
 
 def _write_image(path: Path, h: int = 40, w: int = 60, value: int = 128) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.full((h, w, 3), value, np.uint8))
+    img = np.full((h, w, 3), value, np.uint8)
+    img[..., 1] = np.arange(w, dtype=np.uint8)[None, :] * 3  # distinct channels and a horizontal ramp
+    img[..., 2] //= 4
+    cv2.imwrite(str(path), img)
 
 
 def _yolo_root(tmp_path: Path, labels: dict[str, str], *, names=("a", "b"), images=("img0", "img1")) -> Path:
@@ -399,6 +402,8 @@ def test_centernet_dataset_items_and_collate(tmp_path):
         torch.testing.assert_close(it["targets"][k], v)
     raw = CenterNetDataset(base, input_size=(64, 96), train=False, normalize=False)[0]
     assert raw["image"].dtype == torch.uint8 and "targets" not in raw
+    lb_img = letterbox_sample(base[0].image, base[0].boxes, size=(64, 96))[0]
+    torch.testing.assert_close(raw["image"], torch.from_numpy(lb_img).permute(2, 0, 1))  # RGB planes, CHW
     torch.testing.assert_close(normalize_images(raw["image"][None])[0], it["image"])
     # letterbox numbers: 60x40 -> scale 1.6, offset (0, 0)
     assert float(it["scale"]) == pytest.approx(1.6) and it["orig_size"].tolist() == [40, 60]
@@ -438,3 +443,17 @@ def test_warp_uses_continuous_pixel_coordinates():
     zoomed = _warp(img, np.array([[2.0, 0, 0], [0, 2, 0]]), (40, 60), (0, 0, 0))
     ref = cv2.resize(img, (60, 40), interpolation=cv2.INTER_LINEAR)
     assert np.abs(zoomed[1:-1, 1:-1].astype(int) - ref[1:-1, 1:-1].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+)
+def test_normalize_images_on_device(device):
+    from centernet_ros.preprocess import MEAN, STD
+
+    x = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8, device=device)
+    got = normalize_images(x, dtype=torch.float16)
+    assert got.device.type == device and got.dtype == torch.float16
+    ref = (x.cpu().double() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(got.cpu().double(), ref, atol=2e-3, rtol=2e-3)
+    assert normalize_images(torch.zeros(0, 3, 4, 4, dtype=torch.uint8, device=device)).shape == (0, 3, 4, 4)

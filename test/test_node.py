@@ -47,7 +47,7 @@ def scene(scale: int = 1) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
-    """Overfit a small CenterNet on the scene with the project's targets and loss (about 10 s on a CPU)."""
+    """Overfit a small CenterNet on the scene with the project's targets and loss (10-20 s on a CPU)."""
     from centernet_ros.losses import CenterNetLoss
     from centernet_ros.model import centernet_resnet18
     from centernet_ros.preprocess import letterbox
@@ -63,7 +63,7 @@ def tiny_weights(tmp_path_factory) -> Path:
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     loss_fn = CenterNetLoss()
     model.train()
-    for _ in range(120):
+    for _ in range(100):
         loss, _ = loss_fn(model(x), targets)
         opt.zero_grad()
         loss.backward()
@@ -86,7 +86,7 @@ def start_detector(rclpy_context, tiny_weights):
                             parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
         nodes.append(node)
         if autostart:
-            assert node.autostart(), node._error
+            assert node.autostart(), node.last_error
         return node
 
     yield _start
@@ -343,11 +343,15 @@ def test_lifecycle_and_missing_weights(start_detector, make_node, spin_until, tm
     broken = start_detector("broken_detector", autostart=False, weights=str(tmp_path / "nope.safetensors"))
     assert broken.autostart() is False
     assert broken.state == "unconfigured"
-    assert "model file not found" in broken._error and "\n" not in broken._error
+    assert "model file not found" in broken.last_error and "\n" not in broken.last_error
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(os.urandom(64))
     assert broken.set_parameters([Parameter("weights", value=str(corrupt))])[0].successful  # allowed: unconfigured
-    assert broken.autostart() is False and "corrupt" in broken._error
+    assert broken.autostart() is False and "corrupt" in broken.last_error
+
+    # an out-of-range value from a params file / overrides fails configure with its reason
+    bad = start_detector("bad_params", autostart=False, score_threshold=1.5)
+    assert bad.autostart() is False and bad.state == "unconfigured" and "1.5" in bad.last_error
 
 
 # ------------------------------------------------------------------ the console script, as a process
@@ -403,3 +407,90 @@ def test_console_script_with_missing_weights_stays_up_with_one_error_line(make_n
     assert len(errors) == 1 and "model file not found" in errors[0] and str(missing) in errors[0], err
     assert "Traceback" not in err
     assert code == 0
+
+
+# ------------------------------------------------------------------ video publisher and demo
+
+
+@pytest.fixture(scope="module")
+def scene_clip(tmp_path_factory) -> Path:
+    """A 6-frame mp4 of the scene, the rectangle shifted right by 4 px per frame."""
+    path = tmp_path_factory.mktemp("clip") / "scene.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 180))
+    assert writer.isOpened()
+    for i in range(6):
+        writer.write(np.roll(scene(), 4 * i, axis=1))
+    writer.release()
+    return path
+
+
+def _read_frames(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def test_video_publisher_frames_and_lockstep(rclpy_context, make_node, spin_until, scene_clip):
+    from centernet_ros.ros.video_publisher import VideoPublisher
+
+    io = make_node("tester")
+    frames = Listener(io, Image, "/vp/image_raw")
+    echo = io.create_publisher(Detection2DArray, "/vp/detections", RELIABLE)
+    video = VideoPublisher(context=rclpy_context, parameter_overrides=[
+        Parameter("path", value=str(scene_clip)), Parameter("topic", value="/vp/image_raw"),
+        Parameter("frame_id", value="clip"), Parameter("rate", value=-1.0), Parameter("max_frames", value=4),
+        Parameter("lockstep_topic", value="/vp/detections"), Parameter("lockstep_timeout", value=3600.0)])
+    try:
+        assert spin_until(lambda: len(frames.msgs) == 1, video, io, timeout=TIMEOUT)
+        # without an answer on the lockstep topic the next frame is held back
+        assert not spin_until(lambda: video.sent > 1, video, io, timeout=1.0)
+
+        def answer():  # play the detector: echo each frame's header as its (empty) detections
+            while len(frames.msgs) > answered[0]:
+                reply = Detection2DArray()
+                reply.header = frames.msgs[answered[0]].header
+                echo.publish(reply)
+                answered[0] += 1
+            return video.done and len(frames.msgs) == 4
+
+        answered = [0]
+        assert spin_until(answer, video, io, timeout=TIMEOUT)
+        assert video.sent == 4
+        want = _read_frames(scene_clip)[:4]
+        stamps = [stamp_of(m) for m in frames.msgs]
+        assert stamps == sorted(stamps) and len(set(stamps)) == 4
+        for msg, ref in zip(frames.msgs, want):
+            assert (msg.height, msg.width, msg.encoding, msg.step, msg.header.frame_id) == (180, 320, "bgr8", 960, "clip")
+            np.testing.assert_array_equal(np.frombuffer(msg.data, np.uint8).reshape(180, 320, 3), ref)
+    finally:
+        video.destroy_node()
+
+
+def test_demo_writes_annotated_video_and_summary(tiny_weights, scene_clip, tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "centernet_ros.ros.demo", "--video", str(scene_clip), "--weights", str(tiny_weights),
+           "--device", "cpu", "--input-size", "128", "128", "--max-frames", "5", "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["frames"] == 5 and summary["frames_published"] == 5 and summary["frames_written"] == 5
+    assert summary["dropped"] == 0 and summary["rejected"] == 0
+    assert summary["input_size"] == [128, 128] and summary["device"] == "cpu"
+    assert summary["detections_per_class"].get("box", 0) >= 5  # class names come from the model / LabelInfo
+    assert summary["latency_ms"]["p50"] > 0 and summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"]
+    assert summary["fps"] > 0
+    assert "frames: 5 processed" in proc.stdout and "box" in proc.stdout
+    written = _read_frames(out / "demo.mp4")
+    source = _read_frames(scene_clip)[:5]
+    assert len(written) == 5 and written[0].shape == (180, 320, 3)
+    # the boxes are drawn: the written frames differ from the input along the rectangle's outline
+    assert (np.abs(written[0].astype(int) - source[0].astype(int)).max(axis=2) > 60).sum() > 200

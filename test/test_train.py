@@ -194,3 +194,49 @@ def test_ddp_two_cpu_processes(tmp_path):
     rows = (out / "log.csv").read_text().strip().splitlines()
     assert len(rows) == 2  # only rank 0 wrote
     assert proc.stdout.count("done:") == 1
+
+
+@needs_data
+def test_checkpoint_and_validation_intervals(tmp_path, monkeypatch):
+    saved, validated = [], []
+    real_save = train_cli._save_checkpoint
+    real_eval = train_cli.predict_and_evaluate
+
+    def save(out_dir, model, optimizer, scaler, epoch, *args):
+        saved.append(epoch)
+        return real_save(out_dir, model, optimizer, scaler, epoch, *args)
+
+    def evaluate(*args, **kwargs):
+        # the epoch being finished: one more than the rows already in the log
+        validated.append(len((out / "log.csv").read_text().strip().splitlines()))
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(train_cli, "_save_checkpoint", save)
+    monkeypatch.setattr(train_cli, "predict_and_evaluate", evaluate)
+    out = tmp_path / "run"
+    args = _tiny_args(out, "--epochs", "5", "--limit-images", "2", "--max-iters", "100", "--val-interval", "3",
+                      "--set", "train.save_interval=2")
+    assert train_cli.main(args) == 0
+    assert saved == [2, 3, 4, 5]  # every 2nd epoch, at validation (epoch 3) and at the end
+    assert validated == [3, 5]  # every 3rd epoch and after the last
+    rows = (out / "log.csv").read_text().strip().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2", "3", "4", "5"]
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@needs_data
+@pytest.mark.parametrize("device", DEVICES)
+def test_amp_training_and_eval_on_device(tmp_path, device):
+    """--amp is a no-op on CPU and bf16 autocast on CUDA; both must train and evaluate."""
+    out = tmp_path / "run"
+    args = _tiny_args(out, "--device", device, "--amp", "--max-iters", "2", "--val-interval", "0")
+    assert train_cli.main(args) == 0
+    state = torch.load(out / "last_state.pt", weights_only=True)
+    assert int(state["step"]) == 2
+    rc = eval_cli.main(["--weights", str(out / "last.safetensors"), "--data", str(SHARED), "--device", device,
+                        "--limit-images", "3", "--workers", "0", "--no-progress", "--out", str(tmp_path / "ev")])
+    assert rc == 0
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["device"].startswith(device)

@@ -8,6 +8,7 @@ are fixed below (a subscriber of another vision_msgs build only matches when the
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,10 @@ def test_defaults():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_HASHES))
 def test_type_description_hash(name):
-    description = json.loads((_share_dir() / "msg" / f"{name}.json").read_text())
+    path = _share_dir() / "msg" / f"{name}.json"
+    if not path.exists() and os.environ.get("ROS_DISTRO") == "humble":
+        pytest.skip("type descriptions and hashes exist from ROS 2 Iron on")
+    description = json.loads(path.read_text())
     hashes = {entry["type_name"]: entry["hash_string"] for entry in description["type_hashes"]}
     assert hashes[f"vision_msgs/msg/{name}"] == EXPECTED_HASHES[name]
     # Nested vision_msgs types are listed with their own hashes; they must agree with ours too.
@@ -117,4 +121,6 @@ def test_type_hash_advertised_on_the_graph(make_node, spin_until, name):
 
     assert spin_until(found, node)
     assert infos[0].topic_type == f"vision_msgs/msg/{name}"
+    if not hasattr(infos[0], "topic_type_hash") and os.environ.get("ROS_DISTRO") == "humble":
+        pytest.skip("type hashes exist from ROS 2 Iron on")
     assert str(infos[0].topic_type_hash) == EXPECTED_HASHES[name]

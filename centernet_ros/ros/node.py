@@ -35,6 +35,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -285,8 +286,10 @@ class DetectorNode(LifecycleNode):
         decode_defaults = DecodeConfig()
         for ros_name, field_name in _DECODE.items():
             self._declare(ros_name, _ros_value(_DECODE_DEFAULTS.get(ros_name, getattr(decode_defaults, field_name))))
-        self._decode_cfg = self._read_decode()
-        self._batch = self._read_batch()
+        try:  # a bad value from a params file fails the configure step with its reason, not the constructor
+            self._decode_cfg, self._batch = self._read_decode(), self._read_batch()
+        except (ValueError, TypeError):
+            self._decode_cfg, self._batch = DecodeConfig(score_threshold=_DECODE_DEFAULTS["score_threshold"]), BatchSettings()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -360,8 +363,11 @@ class DetectorNode(LifecycleNode):
 
         try:
             settings = self._read_settings()
+            decode, batch = self._read_decode(), self._read_batch()
         except (ValueError, TypeError) as exc:
             return self._fail("invalid parameters", exc)
+        with self._lock:
+            self._decode_cfg, self._batch = decode, batch
         path = Path(settings.weights) if settings.weights else default_weights_path()
         try:
             meta = read_meta(path)
@@ -369,6 +375,9 @@ class DetectorNode(LifecycleNode):
             return self._fail("cannot load the model", exc)
         self._settings = settings
         self._weights_path = path
+        if self._diag_timer.timer_period_ns != int(settings.diagnostics_period * 1e9):
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = self.create_timer(settings.diagnostics_period, self._publish_diagnostics)
         self._class_names = list(meta.class_names)
         try:
             self._create_publishers(settings)
@@ -430,7 +439,9 @@ class DetectorNode(LifecycleNode):
             if cam.sub is not None:
                 self.destroy_subscription(cam.sub)
                 cam.sub = None
-            cam.pending = None
+        with self._lock:
+            for cam in self._cams:
+                cam.pending = None
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout=30.0)
         self._worker = None
@@ -478,6 +489,35 @@ class DetectorNode(LifecycleNode):
     def state(self) -> str:
         """``unconfigured``, ``inactive``, ``active`` or ``finalized``."""
         return self._state
+
+    @property
+    def last_error(self) -> str:
+        """The last configure / activate failure (one line), empty after a successful transition."""
+        return self._error
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(H, W) network input of the loaded model (None while not active)."""
+        detector = self._detector
+        return tuple(detector.input_size) if detector is not None else None  # type: ignore[return-value]
+
+    def output_subscriber_counts(self) -> dict[str, tuple[int, int]]:
+        """Camera topic -> (subscribers of its detections, subscribers of its annotated image)."""
+        return {
+            c.topic: (c.det_pub.get_subscription_count() if c.det_pub is not None else 0,
+                      c.ann_pub.get_subscription_count() if c.ann_pub is not None else 0)
+            for c in self._cams
+        }
+
+    def latencies_ms(self) -> list[float]:
+        """Receive -> publish latencies of the most recent frames (up to 2048), in milliseconds."""
+        with self._lock:
+            return list(self._latencies)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class index -> name of the configured model (empty while unconfigured)."""
+        return list(self._class_names)
 
     def _create_publishers(self, s: NodeSettings) -> None:
         self._cams = [
@@ -555,6 +595,8 @@ class DetectorNode(LifecycleNode):
                 if len(pending) >= limit or wait_s <= 0:
                     break
                 self._lock.wait(wait_s)
+            if self._stop.is_set():
+                return []
             pending = sorted((c for c in self._cams if c.pending is not None), key=lambda c: c.pending[1])  # type: ignore[index]
             batch = []
             for cam in pending[: self._batch.max_batch_size]:
@@ -692,7 +734,12 @@ class DetectorNode(LifecycleNode):
 def main(args: list[str] | None = None) -> int:
     """Console script ``centernet-detector [--ros-args --params-file config/detect.yaml ...]``."""
     rclpy.init(args=args if args is not None else sys.argv)
-    node = DetectorNode()
+    try:
+        node = DetectorNode()
+    except (InvalidParameterTypeException, InvalidParameterValueException, ValueError) as exc:
+        print(f"centernet-detector: invalid parameters: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
     try:
         if node.get_parameter("autostart").value:
             node.autostart()

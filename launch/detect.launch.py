@@ -1,0 +1,114 @@
+"""Start the CenterNet detector node.
+
+    ros2 launch centernet_ros detect.launch.py
+    ros2 launch centernet_ros detect.launch.py camera_topics:='[/cam0/image_raw, /cam1/image_raw]' device:=cuda
+    ros2 launch centernet_ros detect.launch.py params_file:=/path/to/my.yaml score_threshold:=0.4
+
+Every parameter comes from ``params_file`` (default: the package's config/detect.yaml); a launch
+argument given on the command line overrides that one parameter, an argument left empty ('') keeps
+the file's value.
+"""
+import os
+
+import yaml
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+PACKAGE = 'centernet_ros'
+
+# launch argument (= node parameter) -> (type, description)
+OVERRIDES = {
+    'weights': (str, 'model file (.safetensors); the file default "" = bundled models/centernet_vehicles.safetensors'),
+    'device': (str, 'auto | cpu | cuda | cuda:N'),
+    'input_size': ([int], 'network input [H, W], multiples of 32; [0, 0] = the size stored in the model'),
+    'fp16': (bool, 'half-precision forward pass on CUDA'),
+    'camera_topics': ([str], 'camera topics, e.g. "[/cam0/image_raw, /cam1/image_raw/compressed]"'),
+    'transports': ([str], 'auto | raw | compressed, one for all topics or one per topic'),
+    'detections_topics': ([str], '[auto] (= <camera ns>/detections) or one topic per camera'),
+    'qos_reliability': (str, 'camera subscriptions: best_effort | reliable'),
+    'score_threshold': (float, 'publish detections with score > this, in [0, 1)'),
+    'ae_threshold': (float, 'max embedding distance of a corner pair'),
+    'decode_mode': (str, 'triplet | pairs'),
+    'nms_method': (str, 'soft | soft_linear | hard | none'),
+    'nms_sigma': (float, 'Gaussian soft-NMS sigma'),
+    'nms_iou': (float, 'IoU threshold of hard / linear soft NMS'),
+    'max_detections': (int, 'most detections per image'),
+    'max_batch_size': (int, 'most camera frames in one forward pass'),
+    'max_batch_latency_ms': (float, 'longest wait for more cameras after the first pending frame'),
+}
+
+
+def default_params_file():
+    """config/detect.yaml of the installed package, or of the source tree this file is in."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        path = os.path.join(get_package_share_directory(PACKAGE), 'config', 'detect.yaml')
+        if os.path.isfile(path):
+            return path
+    except Exception:  # package not installed: running from the source tree
+        pass
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config', 'detect.yaml')
+
+
+def _convert(name, text):
+    """A launch argument string -> the parameter's type (raises ValueError naming the argument)."""
+    kind, _ = OVERRIDES[name]
+    try:
+        if isinstance(kind, list):
+            value = yaml.safe_load(text)
+            items = value if isinstance(value, list) else [value]
+            if not items:
+                raise ValueError('empty list')
+            return [kind[0](v) for v in items]
+        if kind is bool:
+            value = yaml.safe_load(text)
+            if not isinstance(value, bool):
+                raise ValueError('not true/false')
+            return value
+        if kind is str:
+            return ParameterValue(text, value_type=str)  # never re-read as YAML ('cuda:0', 'none', ...)
+        return kind(text)
+    except (ValueError, TypeError, yaml.YAMLError) as exc:
+        raise ValueError(f'launch argument {name}:={text!r}: {exc}') from None
+
+
+def _launch_node(context):
+    overrides = {}
+    for name in OVERRIDES:
+        text = LaunchConfiguration(name).perform(context)
+        if text != '':
+            overrides[name] = _convert(name, text)
+    parameters = [LaunchConfiguration('params_file').perform(context)]
+    if overrides:
+        parameters.append(overrides)
+    return [
+        Node(
+            package=PACKAGE,
+            executable='centernet-detector',
+            name=LaunchConfiguration('node_name'),
+            namespace=LaunchConfiguration('namespace'),
+            parameters=parameters,
+            ros_arguments=['--log-level', LaunchConfiguration('log_level')],
+            output='screen',
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description():
+    args = [
+        DeclareLaunchArgument('params_file', default_value=default_params_file(),
+                              description='ROS parameters file of the node'),
+        DeclareLaunchArgument('node_name', default_value='centernet_detector', description='node name'),
+        DeclareLaunchArgument('namespace', default_value='', description='node namespace'),
+        DeclareLaunchArgument('log_level', default_value='info', description='debug | info | warn | error'),
+    ]
+    args += [
+        DeclareLaunchArgument(name, default_value='', description=f'{text} (empty: from params_file)')
+        for name, (_, text) in OVERRIDES.items()
+    ]
+    return LaunchDescription(args + [OpaqueFunction(function=_launch_node)])

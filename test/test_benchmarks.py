@@ -1,0 +1,259 @@
+"""Smoke and behaviour tests of the benchmark scripts (no timing assertions).
+
+Legend: B batch, C classes, H/W map size, K top-k.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+common = importlib.import_module("common")
+baseline_ctdet = importlib.import_module("baseline_ctdet")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+# ------------------------------------------------------------------------------------------ common
+
+
+def test_format_table_layout_and_missing_values():
+    rows = [{"a": 1, "b": 2.5}, {"a": "x"}]
+    out = common.format_table(rows, [("a", "A"), ("b", "B col")]).splitlines()
+    assert out[0] == "| A | B col |"
+    assert out[1] == "| --- | --- |"
+    assert out[2] == "| 1 | 2.50 |"
+    assert out[3] == "| x | - |"
+    assert common.format_table([], [("a", "A")]).count("\n") == 1  # header + separator only
+
+
+def test_time_callable_counts_calls():
+    calls = []
+    t = common.time_callable(lambda: calls.append(1), device=torch.device("cpu"), warmup=2, repeats=4)
+    assert len(calls) == 6
+    assert len(t.times) == 4
+    assert t.minimum <= t.median <= max(t.times)
+    with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
+        common.time_callable(lambda: None, device=torch.device("cpu"), repeats=0)
+
+
+def test_time_interleaved_alternates():
+    seq = []
+    t = common.time_interleaved({"a": lambda: seq.append("a"), "b": lambda: seq.append("b")},
+                                device=torch.device("cpu"), warmup=1, repeats=3)
+    assert seq == ["a", "b"] + ["a", "b"] * 3  # warm-up of each, then alternating
+    assert sorted(t) == ["a", "b"] and all(len(v.times) == 3 for v in t.values())
+
+
+def test_resolve_precisions_cpu():
+    run, skipped = common.resolve_precisions(["fp32", "fp16"], torch.device("cpu"))
+    assert run == ["fp32"]
+    assert len(skipped) == 1 and "fp16" in skipped[0]
+    default, _ = common.resolve_precisions(None, torch.device("cpu"))
+    assert default[0] == "fp32" and "fp16" not in default
+    with pytest.raises(ValueError, match="'fp8'"):
+        common.resolve_precisions(["fp8"], torch.device("cpu"))
+
+
+def test_resolve_device():
+    assert common.resolve_device("cpu").type == "cpu"
+    assert common.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda'"):
+            common.resolve_device("cuda")
+
+
+def test_environment_records_command_and_versions():
+    env = common.environment(torch.device("cpu"))
+    for key in ("cpu", "torch", "torch_threads", "command", "python", "device"):
+        assert env[key] not in (None, "")
+    assert env["torch"] == torch.__version__
+
+
+# ---------------------------------------------------------------------------------------- baseline
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_baseline_output_shapes(device):
+    model = baseline_ctdet.ctdet_resnet18(num_classes=3).eval().to(device)
+    with torch.inference_mode():
+        out = model(torch.randn(2, 3, 64, 96, device=device))
+    assert out["hm"].shape == (2, 3, 16, 24)
+    assert out["wh"].shape == (2, 2, 16, 24)
+    assert out["reg"].shape == (2, 2, 16, 24)
+    deconvs = [m for m in model.deconv if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(deconvs) == 3 and all(m.out_channels == 256 and m.kernel_size == (4, 4) for m in deconvs)
+
+
+def test_baseline_config_validation():
+    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
+        baseline_ctdet.BaselineConfig(num_classes=0)
+    with pytest.raises(ValueError, match="head_width.*'64'"):
+        baseline_ctdet.BaselineConfig(head_width="64")
+
+
+def _ctdet_decode_numpy(hm_logits, wh, reg, k, stride=4):
+    """Brute force: every 3x3 local maximum, sorted by score (one image)."""
+    C, H, W = hm_logits.shape
+    hm = 1 / (1 + np.exp(-hm_logits.astype(np.float64)))
+    cands = []
+    for c in range(C):
+        for y in range(H):
+            for x in range(W):
+                win = hm[c, max(0, y - 1) : y + 2, max(0, x - 1) : x + 2]
+                score = hm[c, y, x] if hm[c, y, x] >= win.max() else 0.0
+                cands.append((score, c, y, x))
+    cands.sort(key=lambda t: -t[0])
+    out = []
+    for score, c, y, x in cands[:k]:
+        cx, cy = x + reg[0, y, x], y + reg[1, y, x]
+        w, h = wh[0, y, x], wh[1, y, x]
+        out.append((score, c, [(cx - w / 2) * stride, (cy - h / 2) * stride, (cx + w / 2) * stride, (cy + h / 2) * stride]))
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ctdet_decode_matches_brute_force(device):
+    g = torch.Generator().manual_seed(0)
+    B, C, H, W, K = 2, 3, 6, 7, 10
+    out = {"hm": torch.randn(B, C, H, W, generator=g), "wh": torch.rand(B, 2, H, W, generator=g) * 5,
+           "reg": torch.rand(B, 2, H, W, generator=g)}
+    boxes, scores, labels = baseline_ctdet.ctdet_decode({k: v.to(device) for k, v in out.items()}, k=K)
+    assert boxes.shape == (B, K, 4) and scores.shape == (B, K) and labels.shape == (B, K)
+    for b in range(B):
+        ref = _ctdet_decode_numpy(out["hm"][b].numpy(), out["wh"][b].numpy(), out["reg"][b].numpy(), K)
+        np.testing.assert_allclose(scores[b].cpu().numpy(), [r[0] for r in ref], rtol=1e-5, atol=1e-6)
+        nonzero = [i for i, r in enumerate(ref) if r[0] > 0]
+        assert labels[b, nonzero].cpu().tolist() == [ref[i][1] for i in nonzero]
+        np.testing.assert_allclose(boxes[b, nonzero].cpu().numpy(), np.array([ref[i][2] for i in nonzero]),
+                                   rtol=1e-5, atol=1e-4)
+
+
+def test_ctdet_decode_k_larger_than_map():
+    out = {"hm": torch.zeros(1, 1, 2, 2), "wh": torch.zeros(1, 2, 2, 2), "reg": torch.zeros(1, 2, 2, 2)}
+    boxes, scores, labels = baseline_ctdet.ctdet_decode(out, k=100)
+    assert boxes.shape == (1, 4, 4)  # K clipped to C*H*W
+
+
+# --------------------------------------------------------------------------------------- bench_model
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bench_model_smoke(device, tmp_path, capsys):
+    bench_model = importlib.import_module("bench_model")
+    path = tmp_path / "model.json"
+    rc = bench_model.main(["--device", device, "--batch-sizes", "1", "2", "--sizes", "64", "--precisions", "fp32",
+                           "--num-classes", "3", "--warmup", "0", "--repeats", "1", "--json", str(path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| model | input | batch | precision | forward ms/img |" in out
+    assert "### Issue 3" in out
+    data = json.loads(path.read_text())
+    assert {(r["model"], r["batch"]) for r in data["rows"]} == {("ours", 1), ("ours", 2), ("baseline", 1), ("baseline", 2)}
+    for r in data["rows"]:
+        assert r["forward_ms_per_img"] > 0 and r["img_per_s"] > 0
+        assert r["gmac_per_img"] is not None and r["gmac_per_img"] > 0
+        assert r["forward"]["repeats"] == 1
+    assert len(data["issue3"]) == 2
+    assert data["env"]["command"].endswith("--json " + str(path))
+
+
+def test_bench_model_rejects_bad_size():
+    bench_model = importlib.import_module("bench_model")
+    with pytest.raises(SystemExit):
+        bench_model.parse_args(["--sizes", "100"])
+
+
+# -------------------------------------------------------------------------------------- bench_decode
+
+
+def test_bench_decode_smoke(tmp_path, capsys):
+    bench_decode = importlib.import_module("bench_decode")
+    path = tmp_path / "decode.json"
+    rc = bench_decode.main(["--device", "cpu", "--batch-sizes", "1", "2", "--size", "128", "--num-classes", "3",
+                            "--objects", "4", "--topk", "12", "--warmup", "0", "--repeats", "1", "--json", str(path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| source | batch | map HxW |" in out
+    data = json.loads(path.read_text())
+    assert [r["batch"] for r in data["rows"]] == [1, 2]
+    assert all(r["match"] == "yes" and r["speedup"] > 0 for r in data["rows"])
+    assert all(r["dets_per_img"] > 0 for r in data["rows"])  # the synthetic objects are found
+
+
+def test_bench_decode_model_source(capsys):
+    bench_decode = importlib.import_module("bench_decode")
+    rc = bench_decode.main(["--device", "cpu", "--source", "model", "--batch-sizes", "1", "--size", "64",
+                            "--num-classes", "2", "--topk", "8", "--warmup", "0", "--repeats", "1"])
+    assert rc == 0
+    assert "| model | 1 | 16x16 |" in capsys.readouterr().out
+
+
+def test_compare_detects_mismatches():
+    bench_decode = importlib.import_module("bench_decode")
+    from centernet_ros.decode import DecodeConfig, decode
+    from centernet_ros.reference_decode import reference_decode
+
+    g = torch.Generator().manual_seed(1)
+    out = bench_decode.synthetic_outputs(batch=1, num_classes=3, size=128, objects=5, generator=g)
+    cfg = DecodeConfig(topk=20)
+    ours = decode(out, cfg)
+    ref = reference_decode(out, cfg)
+    assert int(ours.num[0]) > 0
+    assert bench_decode.compare(ours, ref, 1e-3)["match"]
+    rb, rs, rl = ref[0]
+    wrong_label = [(rb, rs, (rl + 1) % 3)]
+    assert not bench_decode.compare(ours, wrong_label, 1e-3)["match"]
+    shifted = [(rb + 0.5, rs, rl)]
+    res = bench_decode.compare(ours, shifted, 1e-3)
+    assert not res["match"] and res["max_box_diff"] == pytest.approx(0.5, abs=1e-4)
+    fewer = [(rb[:-1], rs[:-1], rl[:-1])]
+    assert not bench_decode.compare(ours, fewer, 1e-3)["match"]
+
+
+def test_compare_empty():
+    bench_decode = importlib.import_module("bench_decode")
+    from centernet_ros.decode import Detections
+
+    empty = Detections(torch.zeros(1, 5, 4), torch.zeros(1, 5), torch.full((1, 5), -1), torch.zeros(1, dtype=torch.long))
+    ref = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))]
+    res = bench_decode.compare(empty, ref, 1e-3)
+    assert res["match"] and res["max_box_diff"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------- bench_ros
+
+
+def test_parse_resolution():
+    bench_ros = pytest.importorskip("bench_ros")
+    assert bench_ros.parse_resolution("640x360") == (640, 360)
+    with pytest.raises(Exception, match="'64'"):
+        bench_ros.parse_resolution("64")
+
+
+def test_bench_ros_smoke(tmp_path):
+    pytest.importorskip("rclpy")
+    pytest.importorskip("vision_msgs.msg")
+    path = tmp_path / "ros.json"
+    cmd = [sys.executable, str(BENCH / "bench_ros.py"), "--device", "cpu", "--cameras", "2", "--resolutions", "160x96",
+           "--input-size", "64", "64", "--duration", "2", "--warmup", "1", "--stage-repeats", "1", "--json", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| cameras | image | rate/cam | frames/s |" in proc.stdout
+    assert "| batch | image | deserialize |" in proc.stdout
+    data = json.loads(path.read_text())
+    (row,) = data["rows"]
+    assert row["cameras"] == 2 and row["published"] > 0
+    assert row["answered"] > 0 and row["latency_p50_ms"] > 0  # frames made it through the node and back
+    (stage,) = data["stages"]
+    assert stage["batch"] == 2 and stage["forward_ms"] > 0
