@@ -23,7 +23,7 @@ DEVICES = [
 ]
 
 SIZE = 128
-STEPS = 120
+STEPS = 200
 COLOURS = torch.tensor([[1.0, 0.15, 0.1], [0.1, 0.3, 1.0]])  # class 0 red, class 1 blue
 SCENES = [  # (boxes x1, y1, x2, y2 in pixels, labels); rectangles do not overlap
     ([[12, 16, 70, 60], [64, 72, 120, 120], [84, 8, 124, 44]], [0, 1, 1]),
