@@ -419,7 +419,7 @@ def run_e2e(n: int, res: tuple[int, int], *, args: argparse.Namespace, device: s
         spin_for(executor, args.duration)
         bench.sending = False
         c1 = bench.counters() if wait_fresh_diag(executor, bench) else {}
-        spin_for(executor, 1.0)  # late answers to frames of the window
+        spin_for(executor, max(1.0, args.loop_timeout))  # late answers to frames of the window
         diag = wait_fresh_diag(executor, bench)
         lat = np.asarray(bench.latencies)
         d = {k: c1.get(k, 0.0) - c0.get(k, 0.0) for k in ("batches", "received", "processed", "dropped", "rejected")}
@@ -583,7 +583,7 @@ def report(result: dict[str, Any]) -> str:
         lines += [format_table(result["rows"], E2E_COLUMNS), "",
                   "latency: camera stamp -> Detection2DArray arrival (this process); node p50/p99: the node's "
                   "receive -> publish latency (its /diagnostics, last <= 2048 frames incl. warm-up); "
-                  "dropped: frames the node overwrote before processing; lost: published in the window, never answered.", ""]
+                  "dropped: frames the node overwrote before processing; lost: published in the window and not answered by the end of the grace period (max(1 s, --loop-timeout)).", ""]
     if result["stages"]:
         lines += ["### Node pipeline per batch (ms, in process, node stopped; target overhead < 10 % of forward)", "",
                   format_table(result["stages"], STAGE_COLUMNS)]

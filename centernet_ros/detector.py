@@ -52,6 +52,7 @@ class DetectorConfig:
     input_size: tuple[int, int] | None = None  # (H, W) network input, multiples of 32; None = the file's size
     fp16: bool = False  # half-precision forward pass; only on CUDA (ignored on CPU, see Detector.fp16)
     channels_last: bool = False  # NHWC memory format for the forward pass (often faster on CUDA)
+    compile: bool = False  # CUDA only: torch.compile(mode="reduce-overhead") = CUDA graphs; batches padded to 1, 2, 4, 8...
 
     def __post_init__(self) -> None:
         if not str(self.weights):
@@ -116,6 +117,12 @@ class Detector:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        # CUDA fast path: graphs need fixed shapes, so batches are padded to powers of two (few graphs).
+        # Compilation happens on the first batch of each size; any failure falls back to eager mode.
+        self._compiled = None
+        if cfg.compile and self.device.type == "cuda":
+            self._compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
+        self.compile_error: str | None = None  # why the compiled path was abandoned, if it was
         self.decode_config = decode if decode is not None else DecodeConfig()
         self._lock = threading.Lock()
 
@@ -145,6 +152,8 @@ class Detector:
             if t.shape[0] == 0 or t.shape[1] == 0:
                 raise ValueError(f"zero-size image {tuple(t.shape)}")
             tensors.append(t)
+        if self.device.type == "cuda":  # page-locked staging (cached by torch) -> truly asynchronous copies
+            tensors = [t.pin_memory() for t in tensors]
         uniform = len(set(orders)) == 1 and orders[0] in ("rgb", "bgr")
         if uniform:  # letterbox flips BGR itself while uploading
             on_dev = [t.to(self.device, non_blocking=True) for t in tensors]
@@ -172,7 +181,7 @@ class Detector:
         with self._lock:
             if self.model is None:
                 raise RuntimeError("detector is closed")
-            outputs = self.model(x)
+            outputs = self._forward(x)
         det = decode(outputs, cfg, scale=params.scale, offset=params.offset, orig_size=params.orig_size)
         packed = torch.cat([det.boxes.float(), det.scores.float().unsqueeze(-1), det.labels.float().unsqueeze(-1)], -1)
         packed = packed.cpu().numpy()  # (B, D, 6): one device -> host copy per batch
@@ -182,10 +191,28 @@ class Detector:
             out.append(ImageDetections(row[:, :4].copy(), row[:, 4].copy(), row[:, 5].astype(np.int64)))
         return out
 
+    def _forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Eager forward pass, or the compiled one on a batch padded to the next power of two."""
+        if self._compiled is None:
+            return self.model(x)
+        b = x.shape[0]
+        padded = 1 << (b - 1).bit_length()
+        if padded != b:
+            x = torch.cat([x, x.new_zeros((padded - b, *x.shape[1:]))])  # (padded, 3, Hin, Win)
+        try:
+            out = self._compiled(x)
+        except Exception as exc:  # no Triton, unsupported GPU, ...: stay correct, lose the speed-up
+            self.compile_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            warnings.warn(f"torch.compile path disabled, running eagerly: {self.compile_error}", RuntimeWarning)
+            self._compiled = None
+            return self.model(x[:b])
+        return {k: v[:b].clone() for k, v in out.items()}  # clone: graph outputs are overwritten by the next replay
+
     def close(self) -> None:
         """Drop the model and return cached CUDA memory to the driver."""
         with self._lock:
             self.model = None
+            self._compiled = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

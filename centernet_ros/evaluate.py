@@ -29,22 +29,13 @@ import torch
 from torch import nn
 
 from .data import CocoDataset, DetectionDataset, YoloDataset, collate_samples, worker_init_fn
+from .detector import resolve_device
 from .decode import NMS_CHOICES, DecodeConfig, decode
 from .evaluation import DetectionEvaluator, EvalResult
 
 __all__ = ["EvalConfig", "predict_and_evaluate", "format_markdown", "run_eval", "main", "MODES"]
 
 MODES = ("triplet", "pairs")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 @torch.no_grad()

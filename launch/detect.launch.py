@@ -25,6 +25,7 @@ OVERRIDES = {
     'device': (str, 'auto | cpu | cuda | cuda:N'),
     'input_size': ([int], 'network input [H, W], multiples of 32; [0, 0] = the size stored in the model'),
     'fp16': (bool, 'half-precision forward pass on CUDA'),
+    'compile': (bool, 'CUDA graphs through torch.compile (CUDA only)'),
     'camera_topics': ([str], 'camera topics, e.g. "[/cam0/image_raw, /cam1/image_raw/compressed]"'),
     'transports': ([str], 'auto | raw | compressed, one for all topics or one per topic'),
     'detections_topics': ([str], '[auto] (= <camera ns>/detections) or one topic per camera'),

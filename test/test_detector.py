@@ -166,3 +166,45 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.boxes, y.boxes, atol=1e-4)
+        np.testing.assert_allclose(x.scores, y.scores, atol=1e-6)
+        np.testing.assert_array_equal(x.labels, y.labels)
+
+
+def test_compile_is_ignored_on_cpu_and_padded_batches_match_eager(weights):
+    """``compile=True`` is a CUDA-only option; the power-of-two padding it relies on keeps results exact."""
+    images = _images(1)[:3]
+    eager = Detector(DetectorConfig(weights=weights, device="cpu"), decode=ALL_PAIRS)
+    expected = eager.detect(images)
+    det = Detector(DetectorConfig(weights=weights, device="cpu", compile=True), decode=ALL_PAIRS)
+    assert det._compiled is None  # CPU: eager
+    _same(det.detect(images), expected)
+    seen = []
+
+    def fake_compiled(x):  # stands in for the compiled graph: records the padded batch size
+        seen.append(x.shape[0])
+        return det.model(x)
+
+    det._compiled = fake_compiled
+    _same(det.detect(images), expected)  # 3 images -> padded to 4, padding sliced off
+    assert seen == [4]
+
+
+def test_compile_failure_falls_back_to_eager(weights):
+    images = _images(2)[:2]
+    det = Detector(DetectorConfig(weights=weights, device="cpu"), decode=ALL_PAIRS)
+    expected = det.detect(images)
+
+    def broken(x):
+        raise RuntimeError("triton not available\nlong traceback")
+
+    det._compiled = broken
+    with pytest.warns(RuntimeWarning, match="triton not available"):
+        got = det.detect(images)
+    _same(got, expected)
+    assert det._compiled is None and det.compile_error == "RuntimeError: triton not available"

@@ -106,6 +106,8 @@ class NodeSettings:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
     input_size: list[int] = field(default_factory=lambda: [0, 0])  # [H, W] network input; [0, 0] = the model file's
     fp16: bool = False  # half-precision forward pass (CUDA only; ignored on CPU)
+    channels_last: bool = False  # NHWC memory format for the forward pass (CUDA)
+    compile: bool = False  # CUDA graphs via torch.compile for the padded batch sizes (CUDA only; eager on failure)
     camera_topics: list[str] = field(default_factory=lambda: ["/camera/image_raw"])  # sensor_msgs/Image topics
     transports: list[str] = field(default_factory=lambda: ["auto"])  # one for all or one per topic: auto|raw|compressed
     detections_topics: list[str] = field(default_factory=lambda: ["auto"])  # ["auto"] = <camera ns>/detections
@@ -189,6 +191,8 @@ _DESCRIPTIONS = {
     "device": "auto | cpu | cuda | cuda:N",
     "input_size": "[H, W] network input (multiples of 32); [0, 0] = the size stored in the model file",
     "fp16": "half-precision forward pass on CUDA",
+    "channels_last": "NHWC memory format for the forward pass (CUDA)",
+    "compile": "torch.compile with CUDA graphs for the padded batch sizes (CUDA only; falls back to eager)",
     "camera_topics": "sensor_msgs/Image (or CompressedImage) topics, one per camera",
     "transports": "auto | raw | compressed, one for all topics or one per topic (auto: '/compressed' suffix)",
     "detections_topics": "['auto'] (= <camera ns>/detections) or one vision_msgs/Detection2DArray topic per camera",
@@ -398,7 +402,10 @@ class DetectorNode(LifecycleNode):
         cfg_size = None if list(s.input_size) == [0, 0] else (int(s.input_size[0]), int(s.input_size[1]))
         try:
             detector = Detector(
-                DetectorConfig(weights=str(self._weights_path), device=s.device, input_size=cfg_size, fp16=s.fp16),
+                DetectorConfig(
+                    weights=str(self._weights_path), device=s.device, input_size=cfg_size, fp16=s.fp16,
+                    channels_last=s.channels_last, compile=s.compile,
+                ),
                 decode=self._decode_cfg,
             )
         except Exception as exc:
