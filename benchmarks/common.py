@@ -256,7 +256,7 @@ def format_env(env: dict[str, Any]) -> str:
         if v is None:
             continue
         if k == "load_average":
-            v = ", ".join(f"{x:.2f}" for x in v)
+            v = ", ".join(f"{x:.2f}" for x in v) + " (1/5/15 min, end of run)"
         lines.append(f"- {k}: `{v}`")
     return "\n".join(lines)
 
