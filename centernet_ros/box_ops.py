@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -41,18 +43,36 @@ def box_area(boxes: Tensor) -> Tensor:
     return w * h
 
 
+def _intersection(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise intersection areas of ``Tensor[..., N, 4]`` and ``Tensor[..., M, 4]`` -> ``Tensor[..., N, M]``.
+
+    Broadcasts (N, 1) columns of ``a`` against contiguous (1, M) rows of ``b``, which vectorises
+    much better than (..., N, M, 2) views with a stride-4 inner dimension.
+    """
+    bt = b.transpose(-1, -2).contiguous()  # (..., 4, M)
+    ax1, ay1, ax2, ay2 = (a[..., i : i + 1] for i in range(4))  # (..., N, 1) each
+    bx1, by1, bx2, by2 = (bt[..., i : i + 1, :] for i in range(4))  # (..., 1, M) each
+    iw = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_min_(0)  # (..., N, M)
+    ih = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_min_(0)
+    return iw.mul_(ih)
+
+
+def _iou_from(inter: Tensor, area_a: Tensor, area_b: Tensor) -> Tensor:
+    """IoU ``Tensor[..., N, M]`` from intersections and the areas ``Tensor[..., N]``, ``Tensor[..., M]``
+    (overwrites ``inter``).  union >= inter >= 0 holds in floats too, and union == 0 only when
+    inter == 0, so dividing by ``union.clamp_min(tiny)`` gives 0 for an empty union."""
+    union = (area_a.unsqueeze(-1) + area_b.unsqueeze(-2)).sub_(inter)  # (..., N, M)
+    return inter.div_(union.clamp_min_(torch.finfo(inter.dtype).tiny))
+
+
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
     """Pairwise IoU of ``Tensor[..., N, 4]`` and ``Tensor[..., M, 4]`` -> ``Tensor[..., N, M]``.
 
     Leading dimensions broadcast.  A pair whose union is empty (two degenerate boxes) has IoU 0.
     """
-    a = a.unsqueeze(-2)  # (..., N, 1, 4)
-    b = b.unsqueeze(-3)  # (..., 1, M, 4)
-    iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp_min(0)
-    ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp_min(0)
-    inter = iw * ih  # (..., N, M)
-    union = box_area(a) + box_area(b) - inter  # (..., N, M)
-    return torch.where(union > 0, inter / union.clamp_min(torch.finfo(inter.dtype).tiny), 0.0)
+    area_a = box_area(a)  # (..., N)
+    area_b = area_a if b is a else box_area(b)  # (..., M)
+    return _iou_from(_intersection(a, b), area_a, area_b)
 
 
 def gaussian_radius(
@@ -137,19 +157,66 @@ def nms_decay_matrix(
     gaussian: exp(-iou^2 / sigma); linear: 1 - iou where iou > iou_threshold else 1;
     hard: 0 where iou > iou_threshold else 1.  Boxes of different labels never decay each other (1).
     """
-    iou = box_iou(boxes, boxes)  # (B, N, N)
+    inter = _intersection(boxes, boxes)  # (B, N, N)
+    if labels is not None:  # other labels: IoU 0, i.e. factor exactly 1 for every method
+        inter.mul_(labels.unsqueeze(-1) == labels.unsqueeze(-2))
+    area = box_area(boxes)  # (B, N)
+    iou = _iou_from(inter, area, area)  # (B, N, N)
     if method == "gaussian":
-        w = torch.exp(-(iou * iou) / sigma)
-    elif method == "linear":
-        w = torch.where(iou > iou_threshold, 1.0 - iou, 1.0)
-    elif method == "hard":
-        w = torch.where(iou > iou_threshold, 0.0, 1.0).to(iou.dtype)
+        return iou.mul_(iou).neg_().div_(sigma).exp_()  # exp(-(iou * iou) / sigma)
+    if method == "linear":
+        return torch.where(iou > iou_threshold, 1.0 - iou, 1.0)
+    if method == "hard":
+        return torch.where(iou > iou_threshold, 0.0, 1.0).to(iou.dtype)
+    raise ValueError(f"method must be one of {NMS_METHODS}, got {method!r}")
+
+
+def _greedy(s: Tensor, decay: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    """``steps`` greedy picks on ``Tensor[B, N]`` scores with the factor rows ``decay[B, N, N]``
+    (row i multiplies every score when i is picked; its own factor is 0).  Sync-free torch loop.
+    Returns picked indices ``Tensor[B, steps]`` long and their scores at pick time."""
+    B, N = s.shape
+    rows = decay.view(B * N, N)
+    base = None if B == 1 else torch.arange(B, device=s.device) * N  # (B,)
+    s = s.clone()
+    picks, picked_scores = [], []
+    for _ in range(steps):
+        v, i = s.max(1)  # (B,) best remaining score and its (lowest) index
+        picks.append(i)
+        picked_scores.append(v)
+        s.mul_(rows.index_select(0, i if base is None else i + base))  # (B, N)
+    return torch.stack(picks, 1), torch.stack(picked_scores, 1)
+
+
+def _greedy_host(s: Tensor, decay: Tensor, steps: int, score_threshold: float) -> tuple[Tensor, Tensor]:
+    """:func:`_greedy` for CPU tensors, on numpy views of the same memory: the loop is inherently
+    sequential and one numpy call costs about a microsecond against several for a torch op, with the
+    same float32 multiplications and first-index argmax.  Stops once no valid candidate is left."""
+    B, N = s.shape
+    sn = s.numpy().copy()  # (B, N) float32
+    rows = decay.numpy().reshape(B * N, N)
+    picks = np.zeros((B, steps), dtype=np.int64)
+    kept = np.full((B, steps), -1.0, dtype=np.float32)  # rows after a stop stay invalid
+    if B == 1:
+        s1, p1, k1 = sn[0], picks[0], kept[0]
+        for t in range(steps):
+            i = int(s1.argmax())
+            v = s1[i]
+            p1[t], k1[t] = i, v
+            if not v > score_threshold:
+                break  # scores only decrease: no valid row can follow
+            s1 *= rows[i]
     else:
-        raise ValueError(f"method must be one of {NMS_METHODS}, got {method!r}")
-    if labels is not None:
-        same = labels.unsqueeze(-1) == labels.unsqueeze(-2)  # (B, N, N)
-        w = torch.where(same, w, 1.0)
-    return w
+        img = np.arange(B)
+        base = img * N
+        for t in range(steps):
+            i = sn.argmax(1)  # (B,)
+            v = sn[img, i]
+            picks[:, t], kept[:, t] = i, v
+            if not (v > score_threshold).any():
+                break
+            sn *= rows[i + base]
+    return torch.from_numpy(picks), torch.from_numpy(kept)
 
 
 def soft_nms(
@@ -176,7 +243,9 @@ def soft_nms(
         method: "gaussian" (score *= exp(-iou^2/sigma)), "linear" (score *= 1 - iou if
             iou > iou_threshold) or "hard" (drop if iou > iou_threshold).
         host_sync: allow one device->host sync to drop invalid candidates first (faster when
-            few are valid); False keeps the whole computation sync-free.
+            few are valid); on the CPU also run the pick loop on numpy views of the same memory
+            and stop once no valid candidate is left.  False keeps the whole computation
+            sync-free (a torch loop of ``min(max_out, N)`` steps).  Same results either way.
 
     Each of the ``min(max_out, N)`` iterations takes, for every image at once, the remaining
     box with the highest current score (ties: lowest input index), outputs it with that score and
@@ -221,35 +290,29 @@ def soft_nms(
     sboxes = boxes.float().gather(1, order.unsqueeze(-1).expand(B, N2, 4))  # (B, N2, 4)
     slabels = None if labels is None else labels.gather(1, order)  # (B, N2)
 
-    steps = min(M, N2)
+    steps = min(M, N2) if B > 0 else 0
     if steps > 0:
         decay = nms_decay_matrix(sboxes, slabels, method=method, sigma=sigma, iou_threshold=iou_threshold)
-        picks, picked_scores = [], []
-        for _ in range(steps):
-            i = s.argmax(1, keepdim=True)  # (B, 1)
-            picks.append(i)
-            picked_scores.append(s.gather(1, i))
-            s = s * decay.gather(1, i.unsqueeze(-1).expand(B, 1, N2)).squeeze(1)  # (B, N2)
-            s = s.scatter(1, i, -1.0)
-        pick = torch.cat(picks, 1)  # (B, steps)
-        kept = torch.cat(picked_scores, 1)  # (B, steps)
+        # A kept box's own factor is 0: its score drops to 0 <= score_threshold, so it is never kept
+        # again while a valid candidate is left (and every row after the last valid one is invalid).
+        decay.diagonal(dim1=1, dim2=2).zero_()
+        if host_sync and dev.type == "cpu":
+            pick, kept = _greedy_host(s, decay, steps, score_threshold)
+        else:
+            pick, kept = _greedy(s, decay, steps)
     else:
         pick = torch.zeros(B, 0, dtype=torch.long, device=dev)
         kept = torch.zeros(B, 0, dtype=torch.float32, device=dev)
-    ok = kept > score_threshold  # (B, steps); kept scores are non-increasing -> valid rows first
-    out_boxes = torch.zeros(B, M, 4, dtype=torch.float32, device=dev)
-    out_scores = torch.zeros(B, M, dtype=torch.float32, device=dev)
-    out_labels = torch.full((B, M), -1, dtype=torch.long, device=dev)
-    out_idx = torch.full((B, M), -1, dtype=torch.long, device=dev)
-    if steps > 0:
-        pb = sboxes.gather(1, pick.unsqueeze(-1).expand(B, steps, 4))  # (B, steps, 4)
-        out_boxes[:, :steps] = torch.where(ok.unsqueeze(-1), pb, 0.0)
-        out_scores[:, :steps] = torch.where(ok, kept, 0.0)
-        if slabels is None:
-            out_labels[:, :steps] = torch.where(ok, 0, -1)
-        else:
-            out_labels[:, :steps] = torch.where(ok, slabels.gather(1, pick).long(), -1)
-        out_idx[:, :steps] = torch.where(ok, order.gather(1, pick), -1)
+    # kept scores are non-increasing -> valid rows first; invalid rows point at an all-zero dummy row
+    ok = kept > score_threshold  # (B, steps)
+    at = F.pad(torch.where(ok, pick, N2), (0, M - steps), value=N2)  # (B, M) row of sboxes, N2 = dummy
+    out_boxes = torch.cat([sboxes, sboxes.new_zeros(B, 1, 4)], 1).gather(1, at.unsqueeze(-1).expand(B, M, 4))
+    out_scores = F.pad(torch.where(ok, kept, 0.0), (0, M - steps))
+    out_idx = torch.cat([order, order.new_full((B, 1), -1)], 1).gather(1, at)
+    if slabels is None:
+        out_labels = torch.where(out_idx >= 0, 0, -1)
+    else:
+        out_labels = torch.cat([slabels.long(), slabels.new_full((B, 1), -1, dtype=torch.long)], 1).gather(1, at)
     res = NMSResult(out_boxes, out_scores, out_labels, out_idx)
     if unbatched:
         res = NMSResult(*(t.squeeze(0) for t in res))

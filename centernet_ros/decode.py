@@ -15,8 +15,16 @@ Test procedure of "CenterNet: Keypoint Triplets for Object Detection" (Duan et a
 4. score threshold, per-class soft / hard / no NMS, best ``max_per_image``;
 5. undo the letterbox (``orig = (input_px - offset) / scale``) and clip to the original image.
 
-Everything is batched tensor code; the only host sync is an optional one inside soft-NMS
-(``DecodeConfig.host_sync``).  ``reference_decode.py`` is a per-image numpy version for tests.
+Everything is batched tensor code.  With ``DecodeConfig.host_sync`` (default) two device->host
+reads size tensors by their content (the number of valid pairs, the number of NMS candidates); on
+the CPU they cost nothing and also let the NMS stop early.  ``host_sync=False`` gives the same
+results without any sync (CUDA graphs, async pipelines).  ``reference_decode.py`` is a per-image
+numpy version for tests and the benchmark.
+
+Speed notes (CPU, where one op costs microseconds and element-wise passes are memory-bound): the
+keypoint extraction runs on cache-sized chunks with one max-pool pass and in-place arithmetic
+instead of comparisons/``where``; the top-k is two-level and exact; only valid pairs go on to the
+centre check; the sequential soft-NMS pick loop runs on numpy views (see ``box_ops.soft_nms``).
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ class DecodeConfig:
     nms_sigma: float = 0.5  # Gaussian soft-NMS: score *= exp(-iou^2 / sigma)
     nms_iou: float = 0.5  # IoU threshold of hard and linear soft NMS
     max_per_image: int = 100  # D, detections returned per image
-    host_sync: bool = True  # allow one device->host sync in NMS to skip empty slots (faster)
+    host_sync: bool = True  # allow device->host reads (pair count, NMS candidates): faster, same results
 
     def __post_init__(self) -> None:
         for name in ("topk", "num_dets", "kernel", "stride", "n_small", "n_large", "max_per_image"):
@@ -93,9 +101,8 @@ class Detections(NamedTuple):
 
 class _Keypoints(NamedTuple):
     scores: Tensor  # (B, K), 0 for a non-peak filler
-    labels: Tensor  # (B, K) long
-    xs: Tensor  # (B, K) map coords incl. offset
-    ys: Tensor  # (B, K)
+    labels: Tensor  # (B, K) long; a filler gets a negative label that differs between kinds of map
+    xy: Tensor  # (B, K, 2) map coords (x, y) incl. offset
     pix: Tensor  # (B, K) flat index y * W + x
 
 
@@ -108,46 +115,169 @@ def _empty(B: int, D: int, device: torch.device) -> Detections:
     )
 
 
+# CPU: float32 values handled per pass of the keypoint extraction.  Small heatmaps go together (all
+# maps of the batch, or one map of several images, up to 4 MiB) to save per-op overhead; a larger
+# image is cut into groups of class maps of up to 1 MiB, so every element-wise pass stays
+# cache-resident and its scratch allocations stay small (no fresh pages from the OS per call).
+_CPU_PASS_ELEMS = 1 << 20
+_CPU_GROUP_ELEMS = 1 << 18
+
+
 def _max_filter(heat: Tensor, kernel: int, *, separable: bool | None = None) -> Tensor:
     """Max over each ``kernel`` x ``kernel`` window (stride 1, -inf padding) of ``Tensor[B, C, H, W]``.
 
-    ``F.max_pool2d`` on CUDA; on CPU a separable max of shifted views, which is exact and much
-    faster there than the CPU max-pool kernel for stride 1.
+    ``F.max_pool2d`` on CUDA; on CPU separable: a 1-D max-pool along W, then maxima of shifted
+    slices along H written into a scratch tensor.  Exact, and much faster there than the CPU 2-D
+    max-pool kernel for stride 1.
     """
     if separable is None:
         separable = heat.device.type == "cpu"
     r = (kernel - 1) // 2
-    if not separable or r == 0:
+    if r == 0:
+        return heat.clone()
+    if not separable or heat.numel() == 0:
         return F.max_pool2d(heat, kernel, stride=1, padding=r)
-    H, W = heat.shape[-2:]
-    p = F.pad(heat, (r, r, r, r), value=float("-inf"))  # (B, C, H + 2r, W + 2r)
-    rows = p[..., :, 0:W]
-    for d in range(1, kernel):
-        rows = torch.maximum(rows, p[..., :, d : d + W])  # (B, C, H + 2r, W)
-    out = rows[..., 0:H, :]
-    for d in range(1, kernel):
-        out = torch.maximum(out, rows[..., d : d + H, :])  # (B, C, H, W)
+    B, C, H, W = heat.shape
+    src = F.max_pool1d(heat.reshape(B * C * H, 1, W), kernel, stride=1, padding=r).view(B, C, H, W)  # max along W
+    out = torch.empty_like(src, memory_format=torch.contiguous_format)
+    # out[y] = max(src[y - r], ..., src[y + r]), clipped at the borders
+    dim = 2
+    torch.maximum(src.narrow(dim, 1, H - 1), src.narrow(dim, 0, H - 1), out=out.narrow(dim, 1, H - 1))
+    out.narrow(dim, 0, 1).copy_(src.narrow(dim, 0, 1))
+    for d in range(1, min(r, H - 1) + 1):
+        if d > 1:  # neighbour above at distance d (distance 1 was done above)
+            head = out.narrow(dim, d, H - d)
+            torch.maximum(head, src.narrow(dim, 0, H - d), out=head)
+        tail = out.narrow(dim, 0, H - d)
+        torch.maximum(tail, src.narrow(dim, d, H - d), out=tail)
     return out
 
 
-def _topk_keypoints(heat: Tensor, regr: Tensor, k: int, kernel: int) -> _Keypoints:
-    """Peaks of ``Tensor[B, C, H, W]`` logits -> top-k keypoints with offsets from ``regr[B, 2, H, W]``."""
-    B, C, H, W = heat.shape
-    heat = torch.sigmoid(heat.float())
-    hmax = _max_filter(heat, kernel)
-    heat = heat.masked_fill(hmax != heat, 0.0)  # keep local maxima only
-    scores, inds = heat.reshape(B, C * H * W).topk(k, dim=1)  # (B, K)
-    # Deterministic order on every device: score descending, then flat index ascending.
-    inds, perm = inds.sort(dim=1)
-    scores = scores.gather(1, perm)
-    scores, perm = scores.sort(dim=1, descending=True, stable=True)
-    inds = inds.gather(1, perm)  # (B, K)
-    labels = torch.div(inds, H * W, rounding_mode="floor")  # (B, K)
-    pix = inds - labels * (H * W)  # (B, K)
-    ys = torch.div(pix, W, rounding_mode="floor")
-    xs = pix - ys * W
-    off = regr.float().reshape(B, 2, H * W).gather(2, pix.unsqueeze(1).expand(B, 2, k))  # (B, 2, K)
-    return _Keypoints(scores, labels, xs.float() + off[:, 0], ys.float() + off[:, 1], pix)
+def _peak_values(prob: Tensor, kernel: int) -> Tensor:
+    """Local maxima of probabilities ``Tensor[n, C, H, W]`` (float32, >= 0), in place: a value that
+    equals its window max is kept exactly, every other value becomes negative.
+
+    One pass: ``lerp(prob, hmax, w) = prob + w * (hmax - prob)`` with w = -2**25 is ``prob`` where
+    hmax == prob and <= 0 elsewhere (hmax > prob differs from prob by at least one ulp of prob, and
+    2**25 ulps exceed hmax; both of torch's lerp formulas keep these signs).
+    """
+    return prob.lerp_(_max_filter(prob, kernel), -(2.0**25))
+
+
+def _order_keys(values: Tensor, index: Tensor | None = None) -> Tensor:
+    """Unique int64 keys of ``Tensor[n, L]`` float32 values that sort like (value descending,
+    index ascending): the value's bit pattern above the index.  Exact for values >= 0 (their bit
+    patterns order like the values); negative values rank below them, in no useful order.
+
+    ``index`` ``Tensor[n, L]`` int64 in [0, 2**32), unique per row; default: the position.
+    """
+    if index is None:
+        index = torch.arange(values.shape[1], device=values.device)
+    return (values.view(torch.int32).long() << 32) - index
+
+
+def _peak_topk(peaks: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k of ``Tensor[n, C, H, W]`` peak values (< 0: not a peak) over C*H*W, ordered by score
+    descending then flat index ascending (ties included) -> scores (fillers: 0), flat indices
+    ``Tensor[n, k]``.  The peaks (values >= 0) come out exactly as from a full stable sort; which
+    non-peaks fill the remaining slots is unspecified.
+
+    Two levels, both exact: the flat map is cut into blocks of G consecutive values, each ranked by
+    its best value (ties: lower block first); the k best blocks hold the k best values (a block
+    outside them has k better blocks, each with a better value); then top-k of those k*G values.
+    Unique keys make ``topk`` deterministic.
+    """
+    n, C, H, W = peaks.shape
+    E = C * H * W
+    dev = peaks.device
+    G = 64 if E % 64 == 0 else W  # block length (64: fast reduction, fits the cache line pair)
+    nb = E // G
+    blocks = peaks.reshape(n * nb, G)  # (n*nb, G)
+    kb = min(k, nb)
+    best = blocks.amax(1).view(n, nb)  # (n, nb)
+    top = _order_keys(best).topk(kb, dim=1, sorted=False).indices.sort(dim=1).values  # (n, kb) ascending
+    if n > 1:
+        top_flat = top + torch.arange(n, device=dev).unsqueeze(1) * nb
+    else:
+        top_flat = top
+    cand = blocks.index_select(0, top_flat.view(-1)).view(n, kb * G)  # (n, kb*G) in flat-index order
+    cand_flat = (top.unsqueeze(2) * G + torch.arange(G, device=dev)).view(n, kb * G)  # their flat indices
+    sel = _order_keys(cand).topk(k, dim=1).indices  # (n, k) sorted
+    return cand.gather(1, sel).clamp_min_(0.0), cand_flat.gather(1, sel)  # non-peak fillers (< 0) -> score 0
+
+
+def _sigmoid_into(dst: Tensor, src: Tensor) -> None:
+    """``dst`` (contiguous float32) = sigmoid(``src``.float()), always with the vectorised kernel."""
+    if src.dtype == torch.float32 and src.is_contiguous():
+        torch.sigmoid(src, out=dst)
+    else:  # copy first: the strided / casting path would round differently
+        dst.copy_(src).sigmoid_()
+
+
+def _cpu_pieces(nm: int, B: int, C: int, HW: int) -> list[list[tuple[int, int, int, int, int]]]:
+    """Split ``nm`` maps ``[B, C, H*W]`` into CPU passes (see ``_CPU_PASS_ELEMS``): each pass is a
+    list of (map, b0, b1, c0, c1) pieces, in (map, image) order."""
+    E = C * HW
+    if nm * B * E <= _CPU_PASS_ELEMS:
+        return [[(i, 0, B, 0, C) for i in range(nm)]]  # everything in one pass
+    if E <= _CPU_GROUP_ELEMS:
+        per = max(1, _CPU_PASS_ELEMS // E)  # whole images
+        return [[(i, b, min(b + per, B), 0, C)] for i in range(nm) for b in range(0, B, per)]
+    per = max(1, _CPU_GROUP_ELEMS // HW)  # classes of one image
+    return [[(i, b, b + 1, c, min(c + per, C))] for i in range(nm) for b in range(B) for c in range(0, C, per)]
+
+
+def _topk_keypoints(heats: list[Tensor], regrs: list[Tensor], k: int, kernel: int) -> list[_Keypoints]:
+    """Peaks of each ``Tensor[B, C, H, W]`` logit map in ``heats`` -> top-k keypoints with offsets
+    from the matching ``regrs`` ``Tensor[B, 2, H, W]``.
+
+    Peaks and scores come from the float32 sigmoid, as in the per-image reference.  CUDA: one pass
+    per map.  CPU: passes of at most ``_CPU_PASS_ELEMS`` values (several small maps joined, or a
+    large one cut into images / groups of class maps), so each pass stays in the cache; the top-k
+    of the class groups of one image are merged exactly (the image's top-k is among them).
+    """
+    B, C, H, W = heats[0].shape
+    nm = len(heats)
+    dev = heats[0].device
+    HW = H * W
+    if dev.type != "cpu":
+        passes = [[(i, 0, B, 0, C)] for i in range(nm)]
+    else:
+        passes = _cpu_pieces(nm, B, C, HW)
+    scores, inds = [], []
+    for parts in passes:
+        n = sum(b1 - b0 for _, b0, b1, _, _ in parts)
+        c0, c1 = parts[0][3], parts[0][4]  # the same class range for every piece of a pass
+        prob = torch.empty(n, c1 - c0, H, W, device=dev)  # float32, contiguous
+        at = 0
+        for i, b0, b1, _, _ in parts:
+            _sigmoid_into(prob[at : at + b1 - b0], heats[i][b0:b1, c0:c1])
+            at += b1 - b0
+        s, idx = _peak_topk(_peak_values(prob, kernel), min(k, prob[0].numel()))  # (n, k')
+        scores.append(s)
+        inds.append(idx + c0 * HW)
+    if len(passes) > nm * B:  # class groups of one image each: merge the groups of every image
+        per_img = len(passes) // (nm * B)
+        merged_s, merged_i = [], []
+        for j in range(0, len(passes), per_img):
+            s = torch.cat(scores[j : j + per_img], 1)  # (1, groups*k')
+            idx = torch.cat(inds[j : j + per_img], 1)
+            sel = _order_keys(s, idx).topk(k, dim=1).indices  # (1, k)
+            merged_s.append(s.gather(1, sel))
+            merged_i.append(idx.gather(1, sel))
+        scores, inds = merged_s, merged_i
+    score = (torch.cat(scores, 0) if len(scores) > 1 else scores[0]).view(nm, B, k)
+    ind = (torch.cat(inds, 0) if len(inds) > 1 else inds[0]).view(nm, B, k)
+    labels = torch.div(ind, HW, rounding_mode="floor")  # (nm, B, K)
+    # fillers (score 0): label -1 for the first map, -2 for the second, ...: never equal across maps
+    labels = torch.where(score > 0, labels, torch.arange(-1, -nm - 1, -1, device=dev).view(nm, 1, 1))
+    pix = ind % HW  # (nm, B, K)
+    xy = torch.stack([pix % W, torch.div(pix, W, rounding_mode="floor")], -1).float()  # (nm, B, K, 2)
+    off = torch.stack(
+        [r.reshape(B, 2, HW).gather(2, pix[i].unsqueeze(1).expand(B, 2, k)) for i, r in enumerate(regrs)]
+    )  # (nm, B, 2, K)
+    xy = xy + off.transpose(2, 3).float()  # (nm, B, K, 2)
+    return [_Keypoints(score[i], labels[i], xy[i], pix[i]) for i in range(nm)]
 
 
 def _as_batch(t: Tensor | None, B: int, shape: tuple[int, ...], name: str, device: torch.device) -> Tensor | None:
@@ -206,53 +336,95 @@ def decode(
         return _empty(B, D, dev)
 
     K = min(cfg.topk, C * H * W)
-    tl = _topk_keypoints(outputs["tl_heat"], outputs["tl_regr"], K, cfg.kernel)
-    br = _topk_keypoints(outputs["br_heat"], outputs["br_regr"], K, cfg.kernel)
-    tl_tag = outputs["tl_tag"].float().reshape(B, H * W).gather(1, tl.pix)  # (B, K)
-    br_tag = outputs["br_tag"].float().reshape(B, H * W).gather(1, br.pix)  # (B, K)
+    triplet = cfg.mode == "triplet"
+    kinds = ("tl", "br", "ct") if triplet else ("tl", "br")
+    kps = _topk_keypoints([outputs[f"{t}_heat"] for t in kinds], [outputs[f"{t}_regr"] for t in kinds], K, cfg.kernel)
+    tl, br = kps[0], kps[1]
+    tl_tag = outputs["tl_tag"].reshape(B, H * W).gather(1, tl.pix)  # (B, K)
+    br_tag = outputs["br_tag"].reshape(B, H * W).gather(1, br.pix)
+    if tl_tag.dtype != torch.float32:
+        tl_tag, br_tag = tl_tag.float(), br_tag.float()
 
-    # All K x K pairs: rows index tl, columns index br.
-    pair = (tl.scores.unsqueeze(2) + br.scores.unsqueeze(1)) / 2  # (B, K, K)
-    bad = tl.labels.unsqueeze(2) != br.labels.unsqueeze(1)
+    # All K x K pairs: rows index tl, columns index br.  Fillers have labels that match nothing.
+    bad = tl.labels.unsqueeze(2) != br.labels.unsqueeze(1)  # (B, K, K)
     bad |= (tl_tag.unsqueeze(2) - br_tag.unsqueeze(1)).abs() > cfg.ae_threshold
-    bad |= br.xs.unsqueeze(1) < tl.xs.unsqueeze(2)
-    bad |= br.ys.unsqueeze(1) < tl.ys.unsqueeze(2)
-    bad |= (tl.scores.unsqueeze(2) <= 0) | (br.scores.unsqueeze(1) <= 0)  # non-peak fillers
-    pair = pair.masked_fill(bad, -1.0).reshape(B, K * K)  # (B, K*K)
-    N = min(cfg.num_dets, K * K)
-    score, pidx = pair.sort(dim=1, descending=True, stable=True)  # ties: lower pair index first
-    score, pidx = score[:, :N], pidx[:, :N]  # (B, N)
-    ti = torch.div(pidx, K, rounding_mode="floor")  # (B, N) tl index
-    bi = pidx - ti * K  # (B, N) br index
-    boxes = torch.stack(
-        [tl.xs.gather(1, ti), tl.ys.gather(1, ti), br.xs.gather(1, bi), br.ys.gather(1, bi)], dim=2
+    bad |= br.xy[..., 0].unsqueeze(1) < tl.xy[..., 0].unsqueeze(2)  # br left of tl
+    bad |= br.xy[..., 1].unsqueeze(1) < tl.xy[..., 1].unsqueeze(2)  # br above tl
+    bad = bad.view(B, K * K)
+    filled = None  # (B, P) False where a row is padding (host-sync path with B > 1)
+    if cfg.host_sync:
+        # Keep only the valid pairs, in pair-index order: one host sync for their number P.
+        ok = ~bad
+        if B == 1:
+            pidx = ok.view(-1).nonzero().view(1, -1)  # (1, P)
+        else:  # padded to the largest count
+            count = ok.sum(1, keepdim=True)  # (B, 1)
+            P = int(count.max())
+            slot = torch.where(ok, ok.cumsum(1) - 1, P)  # (B, K*K) column of each valid pair; P = dropped
+            pidx = torch.zeros(B, P + 1, dtype=torch.long, device=dev)
+            pidx = pidx.scatter_(1, slot, torch.arange(K * K, device=dev).expand(B, K * K))[:, :P]  # (B, P)
+            filled = torch.arange(P, device=dev) < count  # (B, P)
+        if pidx.shape[1] == 0:
+            return _empty(B, D, dev)
+        ti = torch.div(pidx, K, rounding_mode="floor")  # (B, P) tl index
+        bi = pidx % K  # (B, P) br index
+        ts, bs = tl.scores.gather(1, ti), br.scores.gather(1, bi)
+        pair = (ts + bs) / 2  # (B, P)
+        if filled is not None:
+            pair = torch.where(filled, pair, -1.0)
+        N = min(cfg.num_dets, pair.shape[1])
+        score, order = pair.sort(dim=1, descending=True, stable=True)  # ties: lower pair index first
+        score, order = score[:, :N], order[:, :N]  # (B, N)
+        ti, bi, ts, bs = ti.gather(1, order), bi.gather(1, order), ts.gather(1, order), bs.gather(1, order)
+        ok = None if filled is None else score > 0  # (B, N) or None: every pair is valid
+    else:
+        pair = ((tl.scores.unsqueeze(2) + br.scores.unsqueeze(1)) / 2).view(B, K * K)  # (B, K*K)
+        pair = pair.masked_fill(bad, -1.0)
+        N = min(cfg.num_dets, K * K)
+        score, pidx = pair.sort(dim=1, descending=True, stable=True)  # ties: lower pair index first
+        score, pidx = score[:, :N], pidx[:, :N]  # (B, N)
+        ti = torch.div(pidx, K, rounding_mode="floor")  # (B, N) tl index
+        bi = pidx % K  # (B, N) br index
+        ts, bs = tl.scores.gather(1, ti), br.scores.gather(1, bi)
+        ok = score > 0  # (B, N) pair passed all tests
+    boxes = torch.cat(
+        [tl.xy.gather(1, ti.unsqueeze(2).expand(B, N, 2)), br.xy.gather(1, bi.unsqueeze(2).expand(B, N, 2))], 2
     ) * float(cfg.stride)  # (B, N, 4) network-input pixels
     labels = tl.labels.gather(1, ti)  # (B, N)
-    ok = score > 0  # (B, N) pair passed all tests
 
-    if cfg.mode == "triplet":
-        ct = _topk_keypoints(outputs["ct_heat"], outputs["ct_regr"], K, cfg.kernel)
-        cx = ct.xs * float(cfg.stride)  # (B, K)
-        cy = ct.ys * float(cfg.stride)
-        x1, y1, x2, y2 = boxes.unbind(2)  # (B, N) each
-        area = (x2 - x1) * (y2 - y1)
-        n = torch.where(area <= cfg.small_area, float(cfg.n_small), float(cfg.n_large))  # (B, N)
-        ctlx = ((n + 1) * x1 + (n - 1) * x2) / (2 * n)
-        ctly = ((n + 1) * y1 + (n - 1) * y2) / (2 * n)
-        cbrx = ((n - 1) * x1 + (n + 1) * x2) / (2 * n)
-        cbry = ((n - 1) * y1 + (n + 1) * y2) / (2 * n)
-        inside = (cx.unsqueeze(1) > ctlx.unsqueeze(2)) & (cx.unsqueeze(1) < cbrx.unsqueeze(2))  # (B, N, K)
-        inside &= (cy.unsqueeze(1) > ctly.unsqueeze(2)) & (cy.unsqueeze(1) < cbry.unsqueeze(2))
-        inside &= ct.labels.unsqueeze(1) == labels.unsqueeze(2)
-        inside &= (ct.scores > 0).unsqueeze(1)
-        best_ct = torch.where(inside, ct.scores.unsqueeze(1), -1.0).amax(2)  # (B, N)
-        tls = tl.scores.gather(1, ti)
-        brs = br.scores.gather(1, bi)
-        ok &= best_ct >= 0
-        score = (tls + brs + best_ct) / 3
+    if triplet:
+        ct = kps[2]
+        x1y1, x2y2 = boxes[..., :2], boxes[..., 2:]  # (B, N, 2) each
+        wh = x2y2 - x1y1
+        area = wh[..., 0] * wh[..., 1]  # (B, N)
+        n = torch.where(area <= cfg.small_area, float(cfg.n_small), float(cfg.n_large)).unsqueeze(2)  # (B, N, 1)
+        n_plus, n_minus, n_twice = n + 1, n - 1, 2 * n
+        ctl = (n_plus * x1y1 + n_minus * x2y2) / n_twice  # (B, N, 2) central region, top-left
+        cbr = (n_minus * x1y1 + n_plus * x2y2) / n_twice  # bottom-right
+        cxy = ct.xy * float(cfg.stride)  # (B, K, 2) centre keypoints, input pixels
+        cx, cy = cxy[..., 0].unsqueeze(1), cxy[..., 1].unsqueeze(1)  # (B, 1, K)
+        # Float arithmetic instead of comparisons (several times faster on CPU): the sign of a float
+        # difference is exact, so the smallest of the four margins is > 0 iff the centre lies
+        # strictly inside the central region.
+        margin = cx - ctl[..., 0:1]  # (B, N, K)
+        torch.minimum(margin, cbr[..., 0:1] - cx, out=margin)
+        torch.minimum(margin, cy - ctl[..., 1:2], out=margin)
+        torch.minimum(margin, cbr[..., 1:2] - cy, out=margin)
+        inside = margin.sign_().clamp_min_(0.0)  # (B, N, K) 1.0 inside, else 0.0
+        # score of each centre keypoint in its class row (fillers: score 0): (B, C, K)
+        by_class = torch.zeros(B, C, K, device=dev).scatter_(
+            1, ct.labels.clamp_min(0).unsqueeze(1), ct.scores.unsqueeze(1)
+        )
+        rows = labels.clamp_min(0) if B == 1 else labels.clamp_min(0) + torch.arange(B, device=dev).unsqueeze(1) * C
+        same = by_class.view(B * C, K).index_select(0, rows.view(-1)).view(B, N, K)  # centre scores of the pair's class
+        best_ct = inside.mul_(same).amax(2)  # (B, N) best centre score inside, 0 if none
+        found = best_ct > 0
+        ok = found if ok is None else ok & found
+        score = (ts + bs + best_ct) / 3
 
-    score = torch.where(ok, score, -1.0)  # (B, N); -1 = rejected
-    labels = torch.where(ok, labels, -1)
+    if ok is not None:
+        score = torch.where(ok, score, -1.0)  # (B, N); -1 = rejected
+        labels = torch.where(ok, labels, -1)
     if cfg.nms == "none":
         M = min(D, N)
         top, order = score.sort(dim=1, descending=True, stable=True)

@@ -192,6 +192,28 @@ def test_soft_nms_matches_python_reference(device, method, host_sync):
     assert (res.scores[2] == 0).all()
 
 
+@pytest.mark.parametrize("method", ["gaussian", "linear", "hard"])
+def test_soft_nms_host_loop_equals_sync_free_loop_with_ties(method):
+    """host_sync=True runs the picks on numpy views (CPU) and stops early; host_sync=False is the
+    plain torch loop: bit-identical outputs, also with tied scores and duplicate boxes."""
+    g = torch.Generator().manual_seed(5)
+    B, N = 4, 60
+    boxes = (random_boxes(g, B, N, size=30.0) * 2).round() / 2  # many duplicates / identical IoUs
+    scores = (torch.rand(B, N, generator=g) * 8).round() / 8  # many ties, some exactly 0
+    labels = torch.randint(-1, 2, (B, N), generator=g)
+    for thr in (0.0, 0.3):
+        for M in (0, 5, 100):
+            kw = dict(max_out=M, method=method, sigma=0.5, iou_threshold=0.4, score_threshold=thr)
+            a = soft_nms(boxes, scores, labels, host_sync=True, **kw)
+            b = soft_nms(boxes, scores, labels, host_sync=False, **kw)
+            assert all(torch.equal(x, y) for x, y in zip(a, b)), (thr, M)
+            if M == 100:  # every candidate that is ever kept: matches the python loop
+                for i in range(B):
+                    ref = soft_nms_python(boxes[i].tolist(), scores[i].tolist(), labels[i].tolist(), method,
+                                          sigma=0.5, thr=0.4, score_threshold=thr, max_out=M)
+                    assert sorted(a.indices[i, : len(ref)].tolist()) == sorted(j for _, j in ref)
+
+
 def test_soft_nms_class_agnostic_unbatched_and_keeps_other_classes():
     boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [1, 0, 11, 10.0]])
     scores = torch.tensor([0.9, 0.8, 0.7])

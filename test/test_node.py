@@ -287,7 +287,7 @@ def test_label_info_reaches_a_late_subscriber_and_follows_the_threshold(start_de
     assert spin_until(lambda: len(late.msgs) > 0, det, io, timeout=TIMEOUT)
     info = late.msgs[-1]
     assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, "box")]
-    assert info.threshold == pytest.approx(0.3)
+    assert info.threshold == pytest.approx(0.15)  # the node default (config/detect.yaml)
     assert det.set_parameters([Parameter("score_threshold", value=0.6)])[0].successful
     assert spin_until(lambda: late.msgs[-1].threshold == pytest.approx(0.6), det, io, timeout=TIMEOUT)
 
