@@ -193,8 +193,8 @@ def _greedy_host(s: Tensor, decay: Tensor, steps: int, score_threshold: float) -
     sequential and one numpy call costs about a microsecond against several for a torch op, with the
     same float32 multiplications and first-index argmax.  Stops once no valid candidate is left."""
     B, N = s.shape
-    sn = s.numpy().copy()  # (B, N) float32
-    rows = decay.numpy().reshape(B * N, N)
+    sn = s.detach().numpy().copy()  # (B, N) float32
+    rows = decay.detach().numpy().reshape(B * N, N)
     picks = np.zeros((B, steps), dtype=np.int64)
     kept = np.full((B, steps), -1.0, dtype=np.float32)  # rows after a stop stay invalid
     if B == 1:

@@ -102,7 +102,8 @@ def letterbox(
 
     Returns:
         ``Tensor[B, 3, H, W]`` normalised RGB ((x / 255 - MEAN) / STD) and the
-        :class:`LetterboxParams`.  One ``interpolate`` call per distinct input size.
+        :class:`LetterboxParams`.  One ``interpolate`` call per distinct input size (per image on
+        the CPU, which saves stacking the full-size frames).
     """
     H, W = _check_size(size)
     groups: dict[tuple[int, int], list[int]] = {}  # image size -> indices into the batch
@@ -149,35 +150,40 @@ def letterbox(
     fits = {hw: _fit(hw[0], hw[1], H, W) for hw in groups}
     for hw, idx in groups.items():
         _, nh, nw, ox, oy = fits[hw]
-        if stacked:
-            x = imgs[0].to(device, non_blocking=True)  # (B, h, w, 3)
+        if device.type == "cpu":  # one image at a time: no stacked copy of the full-size frames
+            pieces = [(i, imgs[0][i : i + 1] if stacked else imgs[i].unsqueeze(0)) for i in idx]
+        elif stacked:
+            pieces = [(None, imgs[0])]  # (B, h, w, 3)
         else:
-            x = torch.stack([imgs[i] for i in idx]).to(device, non_blocking=True)  # (n, h, w, 3)
-        x = x.permute(0, 3, 1, 2)  # (n, 3, h, w) uint8, a channels-last view (no copy)
-        if (nh, nw) != hw:
-            if x.device.type == "cpu":
-                # Resize the uint8 pixels first (torch's vectorised channels-last uint8 kernel),
-                # then convert only the small image: the result is rounded to whole grey levels
-                # (at most 1 level from the float path, like OpenCV's INTER_LINEAR) and many times
-                # cheaper than converting the full-resolution frame to float first.
-                x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
-            else:  # no uint8 bilinear kernel on CUDA; floats are cheap there
-                x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
-        all_images = stacked or len(idx) == B
-        dst = out[:, :, oy : oy + nh, ox : ox + nw] if all_images else torch.empty(len(idx), 3, nh, nw, device=device)
-        for c in range(3):  # normalise straight into the canvas; BGR -> RGB by picking the channel
-            torch.mul(x[:, 2 - c if bgr else c], mul[c], out=dst[:, c]).add_(add[c])
-        if not all_images:
-            out[torch.tensor(idx, device=device), :, oy : oy + nh, ox : ox + nw] = dst
-        elif whole:  # pad colour around the image
+            pieces = [(None, torch.stack([imgs[i] for i in idx]))]  # (n, h, w, 3)
+        for row, x in pieces:
+            x = x.to(device, non_blocking=True).permute(0, 3, 1, 2)  # (n, 3, h, w) uint8, channels-last view
+            if (nh, nw) != hw:
+                if x.device.type == "cpu":
+                    # Resize the uint8 pixels first (torch's vectorised channels-last uint8 kernel),
+                    # then convert only the small image: the result is rounded to whole grey levels
+                    # (at most 1 level from the float path, like OpenCV's INTER_LINEAR) and many
+                    # times cheaper than converting the full-resolution frame to float first.
+                    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
+                else:  # no uint8 bilinear kernel on CUDA; floats are cheap there
+                    x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
+            if row is not None:
+                dst = out[row : row + 1, :, oy : oy + nh, ox : ox + nw]
+            elif len(idx) == B:
+                dst = out[:, :, oy : oy + nh, ox : ox + nw]
+            else:
+                dst = torch.empty(len(idx), 3, nh, nw, device=device)
+            for c in range(3):  # normalise straight into the canvas; BGR -> RGB by picking the channel
+                torch.mul(x[:, 2 - c if bgr else c], mul[c], out=dst[:, c]).add_(add[c])
+            if row is None and len(idx) != B:
+                out[torch.tensor(idx, device=device), :, oy : oy + nh, ox : ox + nw] = dst
+        if whole:  # one image size for the batch: pad colour around the image
             for c in range(3):
                 for region in (out[:, c, :oy], out[:, c, oy + nh :], out[:, c, oy : oy + nh, :ox],
                                out[:, c, oy : oy + nh, ox + nw :]):
                     if region.numel():
                         region.fill_(pad_norm[c])
-    out = out.to(dtype)
-    if channels_last:
-        out = out.contiguous(memory_format=torch.channels_last)
+    out = out.to(dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     params = letterbox_params(sizes, (H, W), device=device)
     return out, params
 
