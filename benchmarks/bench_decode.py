@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    run_script,
     add_common_args,
     environment,
     format_env,
@@ -43,7 +44,6 @@ from common import (  # noqa: E402
     resolve_device,
     setup_threads,
     time_interleaved,
-    write_json,
 )
 
 from centernet_ros.decode import NMS_CHOICES, DecodeConfig, decode  # noqa: E402
@@ -263,12 +263,8 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.argv = argv
-    result = run(args)
-    print(report(result))
-    write_json(args.json, result)
-    return 0 if all(r["match"] == "yes" for r in result["rows"]) else 1
+    return run_script(argv, parse_args=parse_args, run=run, report=report,
+                      ok=lambda result: all(r["match"] == "yes" for r in result["rows"]))
 
 
 if __name__ == "__main__":

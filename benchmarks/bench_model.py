@@ -41,6 +41,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    run_script,
     add_common_args,
     autocast_context,
     environment,
@@ -51,7 +52,6 @@ from common import (  # noqa: E402
     setup_threads,
     time_callable,
     time_interleaved,
-    write_json,
 )
 from baseline_ctdet import ctdet_decode, ctdet_resnet18  # noqa: E402
 
@@ -283,12 +283,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.argv = argv
-    result = run(args)
-    print(report(result))
-    write_json(args.json, result)
-    return 0
+    return run_script(argv, parse_args=parse_args, run=run, report=report)
 
 
 if __name__ == "__main__":

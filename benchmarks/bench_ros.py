@@ -53,6 +53,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    run_script,
     REPO_ROOT,
     add_common_args,
     environment,
@@ -62,7 +63,6 @@ from common import (  # noqa: E402
     setup_threads,
     synchronize,
     time_callable,
-    write_json,
 )
 
 DEFAULT_VIDEO = REPO_ROOT.parent / "shared" / "data" / "video" / "slow_traffic_small.mp4"
@@ -636,12 +636,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.argv = argv
-    result = run(args)
-    print(report(result))
-    write_json(args.json, result)
-    return 0
+    return run_script(argv, parse_args=parse_args, run=run, report=report)
 
 
 if __name__ == "__main__":

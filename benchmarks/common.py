@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+
 __all__ = [
     "REPO_ROOT",
     "Timing",
@@ -38,12 +39,15 @@ __all__ = [
     "synchronize",
     "time_callable",
     "time_interleaved",
+    "run_script",
     "write_json",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # allow `python benchmarks/bench_x.py` from a checkout without install
     sys.path.insert(0, str(REPO_ROOT))
+
+from centernet_ros.detector import resolve_device  # noqa: E402,F401  (re-exported for the scripts)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -63,17 +67,6 @@ def setup_threads(threads: int | None) -> None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads!r}")
         torch.set_num_threads(threads)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU raises ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but torch.cuda.is_available() is False")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 def cpu_bf16_supported() -> bool:
@@ -304,3 +297,13 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_json_safe(payload), indent=2, default=str, allow_nan=False) + "\n")
     print(f"\nwrote {path}")
+
+
+def run_script(argv: Sequence[str] | None, *, parse_args, run, report, ok: Callable[[dict], bool] | None = None) -> int:
+    """The scripts' shared ``main``: parse, run, print the Markdown report, write the JSON; exit 1 when ``ok`` fails."""
+    args = parse_args(argv)
+    args.argv = argv
+    result = run(args)
+    print(report(result))
+    write_json(args.json, result)
+    return 0 if ok is None or ok(result) else 1

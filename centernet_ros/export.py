@@ -64,6 +64,14 @@ class _TupleModel(torch.nn.Module):
         return tuple(out[k] for k in OUTPUT_NAMES)
 
 
+def _prepare(model: CenterNetTriplet, path, input_size, batch_size) -> tuple[Path, _TupleModel, torch.Tensor]:
+    """Output folder, fp32 CPU tuple-output wrapper in eval mode, example input Tensor[B, 3, H, W]."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = _TupleModel(model.float().cpu()).eval()  # eval on the wrapper: exporters restore its mode recursively
+    return path, wrapped, torch.zeros(batch_size, 3, *input_size)
+
+
 def export_onnx(
     model: CenterNetTriplet,
     path: str | Path,
@@ -76,10 +84,7 @@ def export_onnx(
     """Export to ONNX (dynamic batch) and attach metadata. Returns the path."""
     import onnx
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _TupleModel(model.float().cpu()).eval()  # eval on the wrapper: exporters restore its mode recursively
-    example = torch.zeros(batch_size, 3, *input_size)
+    path, wrapped, example = _prepare(model, path, input_size, batch_size)
     torch.onnx.export(
         wrapped,
         (example,),
@@ -107,10 +112,7 @@ def export_torchscript(
     batch_size: int = 1,
 ) -> Path:
     """Trace to TorchScript with the metadata in ``_extra_files``. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _TupleModel(model.float().cpu()).eval()  # eval on the wrapper: exporters restore its mode recursively
-    example = torch.zeros(batch_size, 3, *input_size)
+    path, wrapped, example = _prepare(model, path, input_size, batch_size)
     with torch.no_grad():
         traced = torch.jit.trace(wrapped, (example,), check_trace=False)
     torch.jit.save(traced, str(path), _extra_files=_metadata(model, input_size, class_names))
