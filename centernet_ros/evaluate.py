@@ -30,12 +30,10 @@ from torch import nn
 
 from .data import CocoDataset, DetectionDataset, YoloDataset, collate_samples, worker_init_fn
 from .detector import resolve_device
-from .decode import NMS_CHOICES, DecodeConfig, decode
+from .decode import MODES, NMS_CHOICES, DecodeConfig, decode
 from .evaluation import DetectionEvaluator, EvalResult
 
 __all__ = ["EvalConfig", "predict_and_evaluate", "format_markdown", "run_eval", "main", "MODES"]
-
-MODES = ("triplet", "pairs")
 
 
 @torch.no_grad()

@@ -660,19 +660,19 @@ class DetectorNode(LifecycleNode):
             return
         results = detector.detect([g[3].array for g in good], orders=[g[3].order for g in good])
         for (cam, msg, t, raw), det in zip(good, results):
-            ann = cam.ann_pub
-            if ann is not None and ann.get_subscription_count() > 0:
-                canvas = draw_detections(to_bgr(raw), det.boxes, det.scores, det.labels, self._class_names)
-                ann.publish(bgr_to_image_msg(canvas, msg.header))
             out = detections_to_msg(msg.header, det.boxes, det.scores, det.labels)
             pub = cam.det_pub
             if pub is None:
                 return
-            pub.publish(out)
+            pub.publish(out)  # detections first: drawing the annotated frame must not delay them
             latency_ms = (time.monotonic_ns() - t) / 1e6
             with self._lock:
                 cam.processed += 1
                 self._latencies.append(latency_ms)
+            ann = cam.ann_pub
+            if ann is not None and ann.get_subscription_count() > 0:
+                canvas = draw_detections(to_bgr(raw), det.boxes, det.scores, det.labels, self._class_names)
+                ann.publish(bgr_to_image_msg(canvas, msg.header))
         with self._lock:
             self._batches += 1
             self._batched_frames += len(good)
