@@ -117,6 +117,8 @@ class NodeSettings:
     qos_depth: int = 1  # camera subscription queue depth (newest frame wins anyway)
     diagnostics_period: float = 1.0  # seconds between /diagnostics messages
     autostart: bool = True  # configure + activate right after start (console script)
+    cpu_threads: int = 0  # torch intra-op threads for CPU inference (0 = torch's default: all cores; fewer
+    #                       leaves a core to the ROS executor threads, which otherwise fight torch's pool)
 
     def __post_init__(self) -> None:
         dev = str(self.device)
@@ -142,6 +144,8 @@ class NodeSettings:
             raise ValueError(f"qos_depth must be >= 1, got {self.qos_depth!r}")
         if not self.diagnostics_period > 0:
             raise ValueError(f"diagnostics_period must be > 0, got {self.diagnostics_period!r}")
+        if isinstance(self.cpu_threads, bool) or not isinstance(self.cpu_threads, int) or self.cpu_threads < 0:
+            raise ValueError(f"cpu_threads must be an int >= 0, got {self.cpu_threads!r}")
 
     def transport_of(self, i: int) -> str:
         t = self.transports[0] if len(self.transports) == 1 else self.transports[i]
@@ -201,6 +205,7 @@ _DESCRIPTIONS = {
     "qos_reliability": "camera subscriptions: best_effort | reliable",
     "qos_depth": "camera subscription queue depth",
     "diagnostics_period": "seconds between diagnostic_msgs/DiagnosticArray on /diagnostics",
+    "cpu_threads": "torch intra-op threads for CPU inference (0 = torch default)",
     "autostart": "configure and activate on start",
     "max_batch_size": "most camera frames in one forward pass",
     "max_batch_latency_ms": "longest wait for more cameras after the first pending frame",
@@ -399,6 +404,10 @@ class DetectorNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self._settings
+        if s.cpu_threads > 0:
+            import torch
+
+            torch.set_num_threads(int(s.cpu_threads))
         cfg_size = None if list(s.input_size) == [0, 0] else (int(s.input_size[0]), int(s.input_size[1]))
         try:
             detector = Detector(
