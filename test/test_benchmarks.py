@@ -21,7 +21,7 @@ sys.path.insert(0, str(BENCH))
 common = importlib.import_module("common")
 baseline_ctdet = importlib.import_module("baseline_ctdet")
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+from devices import DEVICES  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ common

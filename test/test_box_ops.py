@@ -9,10 +9,7 @@ import torch
 
 from centernet_ros.box_ops import batched_nms, box_area, box_iou, gaussian_radius, nms_decay_matrix, soft_nms
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
-]
+from devices import DEVICES  # noqa: E402
 
 
 def random_boxes(g: torch.Generator, *shape: int, size: float = 50.0) -> torch.Tensor:

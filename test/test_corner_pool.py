@@ -12,7 +12,7 @@ from centernet_ros.corner_pool import (
     top_pool,
 )
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+from devices import DEVICES  # noqa: E402
 
 
 def brute(x, direction):

@@ -14,10 +14,7 @@ from centernet_ros.decode import DecodeConfig, Detections, _max_filter, _peak_to
 from centernet_ros.preprocess import letterbox_params
 from centernet_ros.reference_decode import reference_decode
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
-]
+from devices import DEVICES  # noqa: E402
 NMS = ["soft", "soft_linear", "hard", "none"]
 NEG = -1e4  # background logit: sigmoid is exactly 0 (also in fp16)
 STRIDE = 4

@@ -12,7 +12,7 @@ from centernet_ros.model import centernet_resnet18
 from centernet_ros.preprocess import letterbox
 from centernet_ros.weights import WeightsError, save_model
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+from devices import DEVICES  # noqa: E402
 INPUT = (96, 128)
 # Corner pairs only, no NMS, threshold 0, every pair kept: the output is a pure function of the
 # heatmaps, so the batched result can be compared with per-image references without cut-off effects.

@@ -10,10 +10,7 @@ import torch
 
 from centernet_ros.losses import CenterNetLoss, LossConfig, ae_loss, focal_loss, gather_feature, regr_loss
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
-]
+from devices import DEVICES  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- references

@@ -17,10 +17,7 @@ from centernet_ros.losses import CenterNetLoss, LossConfig
 from centernet_ros.model import centernet_resnet18
 from centernet_ros.targets import TargetConfig, build_targets
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
-]
+from devices import DEVICES  # noqa: E402
 
 SIZE = 128
 STEPS = 200

@@ -17,10 +17,7 @@ from centernet_ros.preprocess import (
     letterbox_params,
 )
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
-]
+from devices import DEVICES  # noqa: E402
 VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "slow_traffic_small.mp4"
 
 

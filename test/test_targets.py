@@ -19,10 +19,7 @@ from centernet_ros.targets import (
     keypoint_radii,
 )
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
-]
+from devices import DEVICES  # noqa: E402
 
 
 def scalar_radius(h: float, w: float, min_overlap: float = 0.7, variant: str = "cornernet") -> int:

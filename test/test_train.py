@@ -223,7 +223,7 @@ def test_checkpoint_and_validation_intervals(tmp_path, monkeypatch):
     assert [r.split(",")[0] for r in rows] == ["1", "2", "3", "4", "5"]
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+from devices import DEVICES  # noqa: E402
 
 
 @needs_data
