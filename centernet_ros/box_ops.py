@@ -31,6 +31,7 @@ __all__ = [
     "gaussian_radius",
     "nms_decay_matrix",
     "soft_nms",
+    "soft_nms_numpy",
 ]
 
 NMS_METHODS = ("gaussian", "linear", "hard")
@@ -188,35 +189,86 @@ def _greedy(s: Tensor, decay: Tensor, steps: int) -> tuple[Tensor, Tensor]:
     return torch.stack(picks, 1), torch.stack(picked_scores, 1)
 
 
-def _greedy_host(s: Tensor, decay: Tensor, steps: int, score_threshold: float) -> tuple[Tensor, Tensor]:
-    """:func:`_greedy` for CPU tensors, on numpy views of the same memory: the loop is inherently
-    sequential and one numpy call costs about a microsecond against several for a torch op, with the
-    same float32 multiplications and first-index argmax.  Stops once no valid candidate is left."""
-    B, N = s.shape
-    sn = s.detach().numpy().copy()  # (B, N) float32
-    rows = decay.detach().numpy().reshape(B * N, N)
-    picks = np.zeros((B, steps), dtype=np.int64)
-    kept = np.full((B, steps), -1.0, dtype=np.float32)  # rows after a stop stay invalid
-    if B == 1:
-        s1, p1, k1 = sn[0], picks[0], kept[0]
-        for t in range(steps):
-            i = int(s1.argmax())
-            v = s1[i]
-            p1[t], k1[t] = i, v
-            if not v > score_threshold:
-                break  # scores only decrease: no valid row can follow
-            s1 *= rows[i]
+def soft_nms_numpy(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    max_out: int,
+    method: str = "gaussian",
+    sigma: float = 0.5,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`soft_nms` of one image on numpy arrays (the CPU path of ``soft_nms`` and ``decode``).
+
+    On small inputs one numpy call costs about a microsecond against several for a torch op, and the
+    pick loop is sequential anyway.  The float32 arithmetic is the same as the torch path's, op for
+    op (the Gaussian's ``exp`` runs through torch on the same memory), so results are bit-identical.
+
+    Args:
+        boxes: ``ndarray[N, 4]`` float32; scores: ``ndarray[N]`` float32; labels: ``ndarray[N]``
+            int or None -- as in :func:`soft_nms`, without the batch dimension.
+
+    Returns:
+        indices ``ndarray[M]`` int64 (input rows of the kept boxes, in output order) and their
+        (decayed) scores ``ndarray[M]`` float32, with M <= ``max_out``; only valid rows.
+    """
+    valid = scores > score_threshold
+    if labels is not None:
+        valid &= labels >= 0
+    cand = np.flatnonzero(valid)  # ascending input rows
+    order = cand[np.argsort(-scores[cand], kind="stable")]  # score descending, ties: lowest row first
+    n = len(order)
+    steps = min(int(max_out), n)
+    if steps == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    s = scores[order].astype(np.float32)  # (n,) a copy
+    sb = boxes[order].astype(np.float32, copy=False)  # (n, 4)
+    x1, y1, x2, y2 = (np.ascontiguousarray(sb[:, i]) for i in range(4))  # (n,) each
+    # intersections, IoU and factors exactly as _intersection / _iou_from / nms_decay_matrix
+    iw = np.minimum(x2[:, None], x2[None, :])  # (n, n)
+    iw -= np.maximum(x1[:, None], x1[None, :])
+    np.maximum(iw, 0.0, out=iw)
+    ih = np.minimum(y2[:, None], y2[None, :])
+    ih -= np.maximum(y1[:, None], y1[None, :])
+    np.maximum(ih, 0.0, out=ih)
+    inter = iw
+    inter *= ih
+    if labels is not None:
+        sl = labels[order]
+        inter *= sl[:, None] == sl[None, :]
+    area = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)  # (n,)
+    union = area[:, None] + area[None, :]
+    union -= inter
+    np.maximum(union, np.finfo(np.float32).tiny, out=union)
+    iou = inter
+    iou /= union
+    if method == "gaussian":
+        iou *= iou
+        np.negative(iou, out=iou)
+        iou /= np.float32(sigma)
+        decay = iou
+        torch.from_numpy(decay).exp_()  # torch's exp on the same memory: the same bits as the torch path
+    elif method == "linear":
+        decay = np.where(iou > np.float32(iou_threshold), np.float32(1.0) - iou, np.float32(1.0))
+    elif method == "hard":
+        decay = np.where(iou > np.float32(iou_threshold), np.float32(0.0), np.float32(1.0))
     else:
-        img = np.arange(B)
-        base = img * N
-        for t in range(steps):
-            i = sn.argmax(1)  # (B,)
-            v = sn[img, i]
-            picks[:, t], kept[:, t] = i, v
-            if not (v > score_threshold).any():
-                break
-            sn *= rows[i + base]
-    return torch.from_numpy(picks), torch.from_numpy(kept)
+        raise ValueError(f"method must be one of {NMS_METHODS}, got {method!r}")
+    decay[np.arange(n), np.arange(n)] = 0.0  # a kept box's own factor: never picked again
+    picks = np.empty(steps, dtype=np.int64)
+    kept = np.empty(steps, dtype=np.float32)
+    m = 0
+    for _ in range(steps):
+        i = int(s.argmax())  # first index of the maximum, as torch's max
+        v = s[i]
+        if not v > score_threshold:
+            break  # scores only decrease: no valid row can follow
+        picks[m], kept[m] = i, v
+        m += 1
+        s *= decay[i]
+    return order[picks[:m]], kept[:m]
 
 
 def soft_nms(
@@ -243,9 +295,10 @@ def soft_nms(
         method: "gaussian" (score *= exp(-iou^2/sigma)), "linear" (score *= 1 - iou if
             iou > iou_threshold) or "hard" (drop if iou > iou_threshold).
         host_sync: allow one device->host sync to drop invalid candidates first (faster when
-            few are valid); on the CPU also run the pick loop on numpy views of the same memory
-            and stop once no valid candidate is left.  False keeps the whole computation
-            sync-free (a torch loop of ``min(max_out, N)`` steps).  Same results either way.
+            few are valid); on the CPU run :func:`soft_nms_numpy` per image instead (numpy on
+            the same memory, stops once no valid candidate is left).  False keeps the whole
+            computation sync-free (a torch loop of ``min(max_out, N)`` steps).  Bit-identical
+            results either way.
 
     Each of the ``min(max_out, N)`` iterations takes, for every image at once, the remaining
     box with the highest current score (ties: lowest input index), outputs it with that score and
@@ -277,6 +330,9 @@ def soft_nms(
     M = int(max_out)
     dev = boxes.device
     scores = scores.float()
+    if host_sync and dev.type == "cpu" and B > 0:
+        return _soft_nms_cpu(boxes, scores, labels, M, unbatched, method=method, sigma=sigma,
+                             iou_threshold=iou_threshold, score_threshold=score_threshold)
     valid = scores > score_threshold
     if labels is not None:
         valid &= labels >= 0
@@ -296,10 +352,7 @@ def soft_nms(
         # A kept box's own factor is 0: its score drops to 0 <= score_threshold, so it is never kept
         # again while a valid candidate is left (and every row after the last valid one is invalid).
         decay.diagonal(dim1=1, dim2=2).zero_()
-        if host_sync and dev.type == "cpu":
-            pick, kept = _greedy_host(s, decay, steps, score_threshold)
-        else:
-            pick, kept = _greedy(s, decay, steps)
+        pick, kept = _greedy(s, decay, steps)
     else:
         pick = torch.zeros(B, 0, dtype=torch.long, device=dev)
         kept = torch.zeros(B, 0, dtype=torch.float32, device=dev)
@@ -314,6 +367,30 @@ def soft_nms(
     else:
         out_labels = torch.cat([slabels.long(), slabels.new_full((B, 1), -1, dtype=torch.long)], 1).gather(1, at)
     res = NMSResult(out_boxes, out_scores, out_labels, out_idx)
+    if unbatched:
+        res = NMSResult(*(t.squeeze(0) for t in res))
+    return res
+
+
+def _soft_nms_cpu(boxes: Tensor, scores: Tensor, labels: Tensor | None, M: int, unbatched: bool,
+                  **kw) -> NMSResult:
+    """:func:`soft_nms` on the CPU with ``host_sync``: :func:`soft_nms_numpy` per image."""
+    B = scores.shape[0]
+    bn = boxes.detach().float().numpy()  # (B, N, 4), views where possible
+    sn = scores.detach().numpy()  # (B, N) float32
+    ln = None if labels is None else labels.detach().numpy()
+    out_boxes = np.zeros((B, M, 4), dtype=np.float32)
+    out_scores = np.zeros((B, M), dtype=np.float32)
+    out_labels = np.full((B, M), -1, dtype=np.int64)
+    out_idx = np.full((B, M), -1, dtype=np.int64)
+    for b in range(B):
+        idx, kept = soft_nms_numpy(bn[b], sn[b], None if ln is None else ln[b], max_out=M, **kw)
+        m = len(idx)
+        out_boxes[b, :m] = bn[b, idx]
+        out_scores[b, :m] = kept
+        out_labels[b, :m] = 0 if ln is None else ln[b, idx]
+        out_idx[b, :m] = idx
+    res = NMSResult(*(torch.from_numpy(a) for a in (out_boxes, out_scores, out_labels, out_idx)))
     if unbatched:
         res = NMSResult(*(t.squeeze(0) for t in res))
     return res

@@ -32,11 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .box_ops import soft_nms
+from .box_ops import soft_nms, soft_nms_numpy
 from .preprocess import boxes_to_original
 
 __all__ = ["NMS_CHOICES", "MODES", "DecodeConfig", "Detections", "decode"]
@@ -121,6 +122,9 @@ def _empty(B: int, D: int, device: torch.device) -> Detections:
 # cache-resident and its scratch allocations stay small (no fresh pages from the OS per call).
 _CPU_PASS_ELEMS = 1 << 20
 _CPU_GROUP_ELEMS = 1 << 18
+# CPU with host_sync: pairs, centre check and NMS per image in numpy (``_pairs_to_detections_numpy``),
+# bit-identical to the tensor path; tests switch it off to run the tensor path's host_sync branch on CPU.
+_NUMPY_ON_CPU = True
 
 
 def _max_filter(heat: Tensor, kernel: int, *, separable: bool | None = None) -> Tensor:
@@ -228,7 +232,46 @@ def _cpu_pieces(nm: int, B: int, C: int, HW: int) -> list[list[tuple[int, int, i
     return [[(i, b, b + 1, c, min(c + per, C))] for i in range(nm) for b in range(B) for c in range(0, C, per)]
 
 
-def _topk_keypoints(heats: list[Tensor], regrs: list[Tensor], k: int, kernel: int) -> list[_Keypoints]:
+def _peak_topk_numpy(peaks: Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_peak_topk` of CPU ``Tensor[n, C, H, W]`` peak values with the selection in numpy,
+    all n rows at once -> scores (fillers: 0), flat indices ``ndarray[n, k]``; the same peaks in
+    the same order.
+
+    Two levels as there: t = the k-th best block maximum of a row (a block's maximum is its best
+    peak, or negative), so the row has at least k peaks >= t and its k best peaks are among the
+    values >= t of its blocks whose maximum is >= t; those few go through one stable sort by
+    (row, score descending), ties in flat-index order.
+    """
+    n, C, H, W = peaks.shape
+    E = C * H * W
+    G = 64 if E % 64 == 0 else W  # block length
+    nb = E // G
+    best = peaks.reshape(n, nb, G).amax(2).numpy()  # (n, nb); torch reduces short rows much faster than numpy
+    pk = peaks.numpy().reshape(n, nb, G)
+    if k < nb:
+        t = np.partition(best, nb - k, axis=1)[:, nb - k]  # (n,) k-th best block maximum
+    else:
+        t = np.full(n, -np.inf, dtype=np.float32)
+    rows, blks = np.nonzero(best >= t[:, None])  # (m,) each, row-major: flat-index order per row
+    cand = pk[rows, blks]  # (m, G)
+    j, pos = np.nonzero(cand >= t[rows, None])  # (q,) each
+    r, vals = rows[j], cand[j, pos]  # (q,)
+    counts = np.bincount(r, minlength=n)  # (n,) >= k, unless NaN got in
+    if counts.min() < k:  # NaN maps only: plain stable sort of every row, NaN last
+        flat = pk.reshape(n, E)
+        top = np.argsort(-np.where(np.isnan(flat), -np.inf, flat), axis=1, kind="stable")[:, :k]
+        return np.maximum(np.take_along_axis(flat, top, 1), np.float32(0)), top
+    order = np.lexsort((-vals, r))  # stable: by row, then score descending, then flat index
+    starts = np.cumsum(counts) - counts  # (n,)
+    take = order[(starts[:, None] + np.arange(k)).reshape(-1)]  # (n*k,)
+    scores = np.maximum(vals[take], np.float32(0)).reshape(n, k)  # non-peak fillers (< 0) -> score 0
+    inds = (blks[j[take]] * G + pos[take]).reshape(n, k)
+    return scores, inds
+
+
+def _topk_keypoints(
+    heats: list[Tensor], regrs: list[Tensor], k: int, kernel: int, *, host: bool = False
+) -> list[_Keypoints]:
     """Peaks of each ``Tensor[B, C, H, W]`` logit map in ``heats`` -> top-k keypoints with offsets
     from the matching ``regrs`` ``Tensor[B, 2, H, W]``.
 
@@ -236,6 +279,8 @@ def _topk_keypoints(heats: list[Tensor], regrs: list[Tensor], k: int, kernel: in
     per map.  CPU: passes of at most ``_CPU_PASS_ELEMS`` values (several small maps joined, or a
     large one cut into images / groups of class maps), so each pass stays in the cache; the top-k
     of the class groups of one image are merged exactly (the image's top-k is among them).
+    ``host`` (CPU only): the sigmoid, peak test and block maxima stay torch passes, the selection
+    and everything after it is numpy; the keypoints then hold numpy arrays (same values).
     """
     B, C, H, W = heats[0].shape
     nm = len(heats)
@@ -254,9 +299,12 @@ def _topk_keypoints(heats: list[Tensor], regrs: list[Tensor], k: int, kernel: in
         for i, b0, b1, _, _ in parts:
             _sigmoid_into(prob[at : at + b1 - b0], heats[i][b0:b1, c0:c1])
             at += b1 - b0
-        s, idx = _peak_topk(_peak_values(prob, kernel), min(k, prob[0].numel()))  # (n, k')
+        topk = _peak_topk_numpy if host else _peak_topk
+        s, idx = topk(_peak_values(prob, kernel), min(k, prob[0].numel()))  # (n, k')
         scores.append(s)
         inds.append(idx + c0 * HW)
+    if host:
+        return _assemble_keypoints_numpy(scores, inds, regrs, nm, k, len(passes) > nm * B)
     if len(passes) > nm * B:  # class groups of one image each: merge the groups of every image
         per_img = len(passes) // (nm * B)
         merged_s, merged_i = [], []
@@ -281,71 +329,46 @@ def _topk_keypoints(heats: list[Tensor], regrs: list[Tensor], k: int, kernel: in
     return [_Keypoints(score[i], labels[i], xy[i], pix[i]) for i in range(nm)]
 
 
-def _as_batch(t: Tensor | None, B: int, shape: tuple[int, ...], name: str, device: torch.device) -> Tensor | None:
-    if t is None:
-        return None
-    t = torch.as_tensor(t, device=device, dtype=torch.float32)
-    if tuple(t.shape) != (B, *shape):
-        raise ValueError(f"{name} must have shape {(B, *shape)}, got {tuple(t.shape)}")
-    return t
+def _assemble_keypoints_numpy(
+    scores: list[np.ndarray], inds: list[np.ndarray], regrs: list[Tensor], nm: int, k: int, grouped: bool
+) -> list[_Keypoints]:
+    """The end of :func:`_topk_keypoints` in numpy: per-pass top-k rows (in (map, image[, class
+    group]) order) -> keypoints of numpy arrays, the same values as the tensor version."""
+    B, _, H, W = regrs[0].shape
+    HW = H * W
+    if grouped:  # class groups of one image each: merge the groups of every image
+        per_img = len(scores) // (nm * B)
+        merged_s, merged_i = [], []
+        for j in range(0, len(scores), per_img):
+            s = np.concatenate(scores[j : j + per_img], 1)  # (1, groups*k') in class order
+            idx = np.concatenate(inds[j : j + per_img], 1)
+            sel = np.argsort(-s, axis=1, kind="stable")[:, :k]  # ties: lower class group, then lower index
+            merged_s.append(np.take_along_axis(s, sel, 1))
+            merged_i.append(np.take_along_axis(idx, sel, 1))
+        scores, inds = merged_s, merged_i
+    score = np.concatenate(scores, 0).reshape(nm, B, k)
+    ind = np.concatenate(inds, 0).reshape(nm, B, k)
+    # fillers (score 0): label -1 for the first map, -2 for the second, ...: never equal across maps
+    labels = np.where(score > 0, ind // HW, np.arange(-1, -nm - 1, -1).reshape(nm, 1, 1))  # (nm, B, K)
+    pix = ind % HW  # (nm, B, K)
+    xy = np.stack([pix % W, pix // W], -1).astype(np.float32)  # (nm, B, K, 2)
+    for i, r in enumerate(regrs):
+        off = np.take_along_axis(r.float().numpy().reshape(B, 2, HW), pix[i][:, None, :], 2)  # (B, 2, K)
+        xy[i] += off.transpose(0, 2, 1)
+    return [_Keypoints(score[i], labels[i], xy[i], pix[i]) for i in range(nm)]
 
 
-@torch.no_grad()
-def decode(
-    outputs: Mapping[str, Tensor],
-    cfg: DecodeConfig | None = None,
-    *,
-    scale: Tensor | None = None,
-    offset: Tensor | None = None,
-    orig_size: Tensor | None = None,
-) -> Detections:
-    """Decode CenterNet-triplet head outputs into per-image detections.
-
-    Args:
-        outputs: ``tl_heat``, ``br_heat`` ``Tensor[B, C, H, W]`` logits, ``tl_tag``, ``br_tag``
-            ``Tensor[B, 1, H, W]``, ``tl_regr``, ``br_regr`` ``Tensor[B, 2, H, W]`` (x, y); for
-            mode "triplet" also ``ct_heat`` and ``ct_regr``.  Any float dtype (cast to float32).
-        cfg: :class:`DecodeConfig` (default: paper settings).
-        scale: ``Tensor[B]`` letterbox scale; offset: ``Tensor[B, 2]`` (x, y) letterbox padding;
-            orig_size: ``Tensor[B, 2]`` (h, w) to clip to.  Without them boxes stay in
-            network-input pixels.
-
-    Returns:
-        :class:`Detections` with ``D = cfg.max_per_image`` rows per image, on the outputs' device.
-    """
-    cfg = DecodeConfig() if cfg is None else cfg
-    keys = ["tl_heat", "br_heat", "tl_tag", "br_tag", "tl_regr", "br_regr"]
-    if cfg.mode == "triplet":
-        keys += ["ct_heat", "ct_regr"]
-    for key in keys:
-        if key not in outputs:
-            raise ValueError(f"outputs lack {key!r} (have {sorted(outputs)})")
-    tl_heat = outputs["tl_heat"]
-    if tl_heat.dim() != 4:
-        raise ValueError(f"tl_heat must be (B, C, H, W), got {tuple(tl_heat.shape)}")
-    B, C, H, W = tl_heat.shape
-    dev = tl_heat.device
-    D = cfg.max_per_image
-    want = {"heat": (B, C, H, W), "tag": (B, 1, H, W), "regr": (B, 2, H, W)}
-    for key in keys:
-        if tuple(outputs[key].shape) != want[key.split("_")[1]]:
-            raise ValueError(f"{key} must have shape {want[key.split('_')[1]]}, got {tuple(outputs[key].shape)}")
-    scale = _as_batch(scale, B, (), "scale", dev)
-    offset = _as_batch(offset, B, (2,), "offset", dev)
-    orig_size = _as_batch(orig_size, B, (2,), "orig_size", dev)
-    if B == 0 or C * H * W == 0:
-        return _empty(B, D, dev)
-
-    K = min(cfg.topk, C * H * W)
-    triplet = cfg.mode == "triplet"
-    kinds = ("tl", "br", "ct") if triplet else ("tl", "br")
-    kps = _topk_keypoints([outputs[f"{t}_heat"] for t in kinds], [outputs[f"{t}_regr"] for t in kinds], K, cfg.kernel)
+def _pairs_to_detections_torch(
+    kps: list[_Keypoints], tl_tag: Tensor, br_tag: Tensor, cfg: DecodeConfig, C: int
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Pairs, centre check and NMS as batched tensor ops (CUDA, or ``host_sync=False``): keypoints
+    of ``Tensor[B, K]`` -> boxes ``Tensor[B, D, 4]`` (network-input px), scores and labels ``Tensor[B, D]``
+    (invalid rows: label -1); None when no image has a valid pair."""
     tl, br = kps[0], kps[1]
-    tl_tag = outputs["tl_tag"].reshape(B, H * W).gather(1, tl.pix)  # (B, K)
-    br_tag = outputs["br_tag"].reshape(B, H * W).gather(1, br.pix)
-    if tl_tag.dtype != torch.float32:
-        tl_tag, br_tag = tl_tag.float(), br_tag.float()
-
+    B, K = tl.scores.shape
+    dev = tl.scores.device
+    D = cfg.max_per_image
+    triplet = cfg.mode == "triplet"
     # All K x K pairs: rows index tl, columns index br.  Fillers have labels that match nothing.
     bad = tl.labels.unsqueeze(2) != br.labels.unsqueeze(1)  # (B, K, K)
     bad |= (tl_tag.unsqueeze(2) - br_tag.unsqueeze(1)).abs() > cfg.ae_threshold
@@ -366,7 +389,7 @@ def decode(
             pidx = pidx.scatter_(1, slot, torch.arange(K * K, device=dev).expand(B, K * K))[:, :P]  # (B, P)
             filled = torch.arange(P, device=dev) < count  # (B, P)
         if pidx.shape[1] == 0:
-            return _empty(B, D, dev)
+            return None
         ti = torch.div(pidx, K, rounding_mode="floor")  # (B, P) tl index
         bi = pidx % K  # (B, P) br index
         ts, bs = tl.scores.gather(1, ti), br.scores.gather(1, bi)
@@ -450,6 +473,180 @@ def decode(
             host_sync=cfg.host_sync,
         )
         out_boxes, out_scores, out_labels = res.boxes, res.scores, res.labels
+    return out_boxes, out_scores, out_labels
+
+
+def _pairs_to_detections_numpy(
+    kps: list[_Keypoints], tl_tag: np.ndarray, br_tag: np.ndarray, cfg: DecodeConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_pairs_to_detections_torch` for CPU with ``host_sync``: per image in numpy, on keypoints
+    of numpy arrays ``ndarray[B, K]`` (``_topk_keypoints(..., host=True)``) and tags ``ndarray[B, K]``.
+
+    After the keypoints everything is small (K = 70: a 4900-entry pair matrix, tens of valid pairs,
+    a few hundred NMS candidates at most), where a torch op costs 2-5 us of dispatch against ~1 us
+    for numpy.  The same float32 operations in the same order as the tensor path, so the results are
+    bit-identical (``test_decode.py`` checks it); invalid pairs are dropped instead of masked.
+    Returns boxes ``ndarray[B, D, 4]`` (network-input px), scores ``ndarray[B, D]``, labels
+    ``ndarray[B, D]`` int64 (invalid rows: zeros, label -1).
+    """
+    tl, br = kps[0], kps[1]
+    B, K = tl.scores.shape
+    D = cfg.max_per_image
+    triplet = cfg.mode == "triplet"
+    t_s, t_l, t_xy, t_tag = tl.scores, tl.labels, tl.xy, tl_tag  # (B, K[, 2])
+    b_s, b_l, b_xy, b_tag = br.scores, br.labels, br.xy, br_tag
+    if triplet:
+        c_s, c_l = kps[2].scores, kps[2].labels  # (B, K)
+        c_xy = kps[2].xy * np.float32(cfg.stride)  # (B, K, 2) centre keypoints, input pixels
+    stride = np.float32(cfg.stride)
+    ae = np.float32(cfg.ae_threshold)
+    out_boxes = np.zeros((B, D, 4), dtype=np.float32)
+    out_scores = np.zeros((B, D), dtype=np.float32)
+    out_labels = np.full((B, D), -1, dtype=np.int64)
+    for b in range(B):
+        # same class first (fillers match nothing), in pair-index order ti * K + bi
+        ti, bi = np.nonzero(t_l[b][:, None] == b_l[b][None, :])  # (P,) each
+        tx, ty = t_xy[b, ti, 0], t_xy[b, ti, 1]
+        bad = np.abs(t_tag[b, ti] - b_tag[b, bi]) > ae
+        bad |= b_xy[b, bi, 0] < tx  # br left of tl
+        bad |= b_xy[b, bi, 1] < ty  # br above tl
+        ok = ~bad
+        ti, bi = ti[ok], bi[ok]
+        if len(ti) == 0:
+            continue
+        ts, bs = t_s[b, ti], b_s[b, bi]
+        score = (ts + bs) / np.float32(2)  # (P,) pair score
+        order = np.argsort(-score, kind="stable")[: cfg.num_dets]  # (N,) descending, ties: lower pair index
+        ti, bi, ts, bs, score = ti[order], bi[order], ts[order], bs[order], score[order]
+        boxes = np.concatenate([t_xy[b, ti], b_xy[b, bi]], 1)  # (N, 4) map coords
+        boxes *= stride  # network-input pixels
+        labels = t_l[b, ti]  # (N,)
+        if triplet:
+            x1y1, x2y2 = boxes[:, :2], boxes[:, 2:]
+            wh = x2y2 - x1y1
+            area = wh[:, 0] * wh[:, 1]  # (N,)
+            n = np.where(area <= np.float32(cfg.small_area), np.float32(cfg.n_small), np.float32(cfg.n_large))
+            n = n[:, None]  # (N, 1)
+            n_plus, n_minus, n_twice = n + np.float32(1), n - np.float32(1), np.float32(2) * n
+            ctl = (n_plus * x1y1 + n_minus * x2y2) / n_twice  # (N, 2) central region, top-left
+            cbr = (n_minus * x1y1 + n_plus * x2y2) / n_twice  # bottom-right
+            cx, cy = c_xy[b, None, :, 0], c_xy[b, None, :, 1]  # (1, K)
+            # comparisons give the same answer as the tensor path's signs of float differences
+            hit = c_l[b, None, :] == labels[:, None]  # (N, K) centre of the pair's class (fillers: none)
+            hit &= cx > ctl[:, 0:1]
+            hit &= cx < cbr[:, 0:1]
+            hit &= cy > ctl[:, 1:2]
+            hit &= cy < cbr[:, 1:2]
+            # centre keypoints are sorted by score (descending): the first hit is the best one
+            first = hit.argmax(1)  # (N,)
+            found = hit[np.arange(len(first)), first]
+            best_ct = np.where(found, c_s[b, first], np.float32(0))  # (N,) 0 if none
+            score = (ts + bs + best_ct) / np.float32(3)
+            boxes, score, labels = boxes[found], score[found], labels[found]
+        if cfg.nms == "none":
+            sel = np.flatnonzero(score > np.float32(cfg.score_threshold))
+            sel = sel[np.argsort(-score[sel], kind="stable")][:D]
+            kept = score[sel]
+        else:
+            sel, kept = soft_nms_numpy(
+                boxes, score, labels, max_out=D, method=_NMS_METHOD[cfg.nms], sigma=cfg.nms_sigma,
+                iou_threshold=cfg.nms_iou, score_threshold=cfg.score_threshold,
+            )
+        m = len(sel)
+        out_boxes[b, :m] = boxes[sel]
+        out_scores[b, :m] = kept
+        out_labels[b, :m] = labels[sel]
+    return out_boxes, out_scores, out_labels
+
+
+def _as_batch(t: Tensor | None, B: int, shape: tuple[int, ...], name: str, device: torch.device) -> Tensor | None:
+    if t is None:
+        return None
+    t = torch.as_tensor(t, device=device, dtype=torch.float32)
+    if tuple(t.shape) != (B, *shape):
+        raise ValueError(f"{name} must have shape {(B, *shape)}, got {tuple(t.shape)}")
+    return t
+
+
+@torch.no_grad()
+def decode(
+    outputs: Mapping[str, Tensor],
+    cfg: DecodeConfig | None = None,
+    *,
+    scale: Tensor | None = None,
+    offset: Tensor | None = None,
+    orig_size: Tensor | None = None,
+) -> Detections:
+    """Decode CenterNet-triplet head outputs into per-image detections.
+
+    Args:
+        outputs: ``tl_heat``, ``br_heat`` ``Tensor[B, C, H, W]`` logits, ``tl_tag``, ``br_tag``
+            ``Tensor[B, 1, H, W]``, ``tl_regr``, ``br_regr`` ``Tensor[B, 2, H, W]`` (x, y); for
+            mode "triplet" also ``ct_heat`` and ``ct_regr``.  Any float dtype (cast to float32).
+        cfg: :class:`DecodeConfig` (default: paper settings).
+        scale: ``Tensor[B]`` letterbox scale; offset: ``Tensor[B, 2]`` (x, y) letterbox padding;
+            orig_size: ``Tensor[B, 2]`` (h, w) to clip to.  Without them boxes stay in
+            network-input pixels.
+
+    Returns:
+        :class:`Detections` with ``D = cfg.max_per_image`` rows per image, on the outputs' device.
+    """
+    cfg = DecodeConfig() if cfg is None else cfg
+    keys = ["tl_heat", "br_heat", "tl_tag", "br_tag", "tl_regr", "br_regr"]
+    if cfg.mode == "triplet":
+        keys += ["ct_heat", "ct_regr"]
+    for key in keys:
+        if key not in outputs:
+            raise ValueError(f"outputs lack {key!r} (have {sorted(outputs)})")
+    tl_heat = outputs["tl_heat"]
+    if tl_heat.dim() != 4:
+        raise ValueError(f"tl_heat must be (B, C, H, W), got {tuple(tl_heat.shape)}")
+    B, C, H, W = tl_heat.shape
+    dev = tl_heat.device
+    D = cfg.max_per_image
+    want = {"heat": (B, C, H, W), "tag": (B, 1, H, W), "regr": (B, 2, H, W)}
+    for key in keys:
+        if tuple(outputs[key].shape) != want[key.split("_")[1]]:
+            raise ValueError(f"{key} must have shape {want[key.split('_')[1]]}, got {tuple(outputs[key].shape)}")
+    scale = _as_batch(scale, B, (), "scale", dev)
+    offset = _as_batch(offset, B, (2,), "offset", dev)
+    orig_size = _as_batch(orig_size, B, (2,), "orig_size", dev)
+    if B == 0 or C * H * W == 0:
+        return _empty(B, D, dev)
+
+    K = min(cfg.topk, C * H * W)
+    triplet = cfg.mode == "triplet"
+    kinds = ("tl", "br", "ct") if triplet else ("tl", "br")
+    host = cfg.host_sync and dev.type == "cpu" and _NUMPY_ON_CPU
+    heats, regrs = [outputs[f"{t}_heat"] for t in kinds], [outputs[f"{t}_regr"] for t in kinds]
+    kps = _topk_keypoints(heats, regrs, K, cfg.kernel, host=host)
+    tl, br = kps[0], kps[1]
+    if host:
+        tl_tag = np.take_along_axis(outputs["tl_tag"].float().numpy().reshape(B, H * W), tl.pix, 1)  # (B, K)
+        br_tag = np.take_along_axis(outputs["br_tag"].float().numpy().reshape(B, H * W), br.pix, 1)
+        boxes, scores, labels = _pairs_to_detections_numpy(kps, tl_tag, br_tag, cfg)
+        valid = labels >= 0  # (B, D)
+        if offset is not None or scale is not None or orig_size is not None:  # as boxes_to_original
+            if offset is not None:
+                boxes = boxes - np.tile(offset.numpy(), 2)[:, None, :]
+            if scale is not None:
+                boxes = boxes / scale.numpy()[:, None, None]
+            if orig_size is not None:
+                hw = orig_size.numpy()
+                upper = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]  # (B, 1, 4)
+                boxes = np.minimum(np.maximum(boxes, np.float32(0)), upper)
+            boxes[~valid] = 0.0
+        return Detections(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels),
+                          torch.from_numpy(valid.sum(1)))
+    else:
+        tl_tag = outputs["tl_tag"].reshape(B, H * W).gather(1, tl.pix)  # (B, K)
+        br_tag = outputs["br_tag"].reshape(B, H * W).gather(1, br.pix)
+        if tl_tag.dtype != torch.float32:
+            tl_tag, br_tag = tl_tag.float(), br_tag.float()
+        res = _pairs_to_detections_torch(kps, tl_tag, br_tag, cfg, C)
+        if res is None:
+            return _empty(B, D, dev)
+        out_boxes, out_scores, out_labels = res
     valid = out_labels >= 0  # (B, D)
     out_boxes = boxes_to_original(out_boxes, scale, offset, orig_size)
     out_boxes = torch.where(valid.unsqueeze(-1), out_boxes, 0.0)

@@ -211,6 +211,23 @@ def test_soft_nms_host_loop_equals_sync_free_loop_with_ties(method):
                     assert sorted(a.indices[i, : len(ref)].tolist()) == sorted(j for _, j in ref)
 
 
+@pytest.mark.parametrize("method", ["gaussian", "linear", "hard"])
+def test_soft_nms_numpy_path_is_bit_identical_on_continuous_values(method):
+    """The CPU host_sync path (soft_nms_numpy per image) against the torch loop, many random cases
+    with continuous boxes / scores and non-round sigma / thresholds."""
+    g = torch.Generator().manual_seed(6)
+    for case in range(40):
+        B, N = 2, int(torch.randint(1, 90, (1,), generator=g))
+        boxes = random_boxes(g, B, N, size=float(torch.randint(5, 60, (1,), generator=g)))
+        scores = torch.rand(B, N, generator=g)
+        labels = torch.randint(-1, 4, (B, N), generator=g) if case % 3 else None
+        kw = dict(max_out=int(torch.randint(0, 60, (1,), generator=g)), method=method, sigma=0.3 + case / 50,
+                  iou_threshold=0.33 + case / 200, score_threshold=0.01 * (case % 4))
+        a = soft_nms(boxes, scores, labels, host_sync=True, **kw)
+        b = soft_nms(boxes, scores, labels, host_sync=False, **kw)
+        assert all(torch.equal(x, y) for x, y in zip(a, b)), (case, kw)
+
+
 def test_soft_nms_class_agnostic_unbatched_and_keeps_other_classes():
     boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [1, 0, 11, 10.0]])
     scores = torch.tensor([0.9, 0.8, 0.7])

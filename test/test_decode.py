@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import centernet_ros.decode as decode_module
-from centernet_ros.decode import DecodeConfig, Detections, _max_filter, _peak_topk, _peak_values, decode
+from centernet_ros.decode import (
+    DecodeConfig, Detections, _max_filter, _peak_topk, _peak_topk_numpy, _peak_values, decode,
+)
 from centernet_ros.preprocess import letterbox_params
 from centernet_ros.reference_decode import reference_decode
 
@@ -311,6 +313,39 @@ def test_host_sync_and_max_per_image_do_not_change_results():
     assert torch.equal(top5.boxes, ref.boxes[:, :5]) and torch.equal(top5.scores, ref.scores[:, :5])
 
 
+@pytest.mark.parametrize("nms", NMS)
+@pytest.mark.parametrize("mode", ["triplet", "pairs"])
+def test_cpu_numpy_path_is_bit_identical_to_the_tensor_paths(monkeypatch, nms, mode):
+    """On the CPU with host_sync the decoder runs numpy after the heatmap passes; the batched tensor
+    code (CUDA, host_sync=False, and its host_sync branch) must give exactly the same Detections."""
+    cases = [
+        (random_outputs(B=3, C=4, H=24, W=20, seed=21), DecodeConfig(nms=nms, mode=mode)),
+        (random_outputs(B=2, C=2, H=20, W=28, seed=22, sparse=True),
+         DecodeConfig(nms=nms, mode=mode, topk=40, num_dets=300, max_per_image=30, small_area=30.0**2,
+                      score_threshold=0.2, ae_threshold=0.3, kernel=5, nms_sigma=0.3, nms_iou=0.35)),
+        (random_outputs(B=2, C=3, H=16, W=16, seed=23), DecodeConfig(nms=nms, mode=mode, num_dets=7, max_per_image=4)),
+    ]
+    quantised = random_outputs(B=2, C=3, H=16, W=16, seed=24)  # ties everywhere: equal scores and boxes
+    for k in ("tl_heat", "br_heat", "ct_heat"):
+        quantised[k] = quantised[k].round()
+    for k in ("tl_regr", "br_regr", "ct_regr"):
+        quantised[k] = (quantised[k] * 2).round() / 2
+    cases.append((quantised, DecodeConfig(nms=nms, mode=mode)))
+    p = letterbox_params([(72, 128), (96, 80), (50, 50)], (96, 80))
+    for i, (out, cfg) in enumerate(cases):
+        B = out["tl_heat"].shape[0]
+        kw = dict(scale=p.scale[:B], offset=p.offset[:B], orig_size=p.orig_size[:B]) if i % 2 == 0 else {}
+        host = decode(out, cfg, **kw)
+        no_sync = decode(out, dataclasses.replace(cfg, host_sync=False), **kw)
+        with monkeypatch.context() as m:
+            m.setattr(decode_module, "_NUMPY_ON_CPU", False)
+            tensor_sync = decode(out, cfg, **kw)
+        for other in (no_sync, tensor_sync):
+            assert all(torch.equal(a, b) for a, b in zip(host, other)), (i, nms, mode)
+        assert host.num.sum() > 0, i
+        check_layout(host, B, cfg.max_per_image)
+
+
 # ----------------------------------------------------------------------------- dtypes, devices, empty
 
 
@@ -365,6 +400,12 @@ def test_peak_values_and_topk_match_a_stable_sort(device):
     assert torch.equal(pv[is_peak], prob[is_peak]) and bool((pv[~is_peak] <= 0).all())
     for k in (1, 7, 70, 4 * 16 * 20):
         scores, inds = (t.cpu() for t in _peak_topk(pv.to(device), k))
+        if device == "cpu":  # the numpy selection of the CPU path: the same peaks in the same order
+            s_np, i_np = _peak_topk_numpy(pv, k)
+            m = (scores > 0).sum(1, keepdim=True)
+            real = torch.arange(k) < m  # (3, k) the positive peaks; fillers may differ
+            assert torch.equal(torch.from_numpy(s_np), scores)
+            assert torch.equal(torch.from_numpy(i_np)[real], inds[real])
         assert scores.shape == inds.shape == (3, k)
         for n in range(3):
             flat = torch.where(is_peak[n], prob[n], -1.0).flatten()
@@ -385,6 +426,8 @@ def test_cpu_chunking_does_not_change_results(monkeypatch, pass_elems, group_ele
     monkeypatch.setattr(decode_module, "_CPU_GROUP_ELEMS", group_elems)
     got = decode(out, DecodeConfig(topk=30))
     assert all(torch.equal(a, b) for a, b in zip(expect, got))
+    tensor_path = decode(out, DecodeConfig(topk=30, host_sync=False))  # torch selection and merging
+    assert all(torch.equal(a, b) for a, b in zip(expect, tensor_path))
     assert_matches_reference(got, reference_decode(out, DecodeConfig(topk=30)))
 
 
