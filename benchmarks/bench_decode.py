@@ -20,6 +20,11 @@ The outputs are checked equal (same number of detections, same labels, boxes/sco
 ``--atol``) and the max abs differences are reported; a mismatch exits with status 1.
 Issue 6 target: decode >= 10x faster than the reference at K = 70 on CPU.
 
+Two timings: interleaved (ours, reference, ours, ...; each call finds the caches, branch predictors
+and allocator as the other decoder left them, as a decoder in a node finds them after the forward
+pass; load changes hit both alike) -- the figure the target is judged on -- and back to back (each
+decoder repeated alone, warm: the best case).
+
 Example::
 
     python benchmarks/bench_decode.py --device cpu --batch-sizes 1 8 --json out/bench_decode_cpu.json
@@ -43,6 +48,7 @@ from common import (  # noqa: E402
     format_table,
     resolve_device,
     setup_threads,
+    time_callable,
     time_interleaved,
 )
 
@@ -59,6 +65,9 @@ COLUMNS = [
     ("ours_ms_per_img", "decode ms/img"),
     ("ref_ms_per_img", "reference ms/img"),
     ("speedup", "speed-up"),
+    ("ours_warm_ms_per_img", "decode ms/img, back to back"),
+    ("ref_warm_ms_per_img", "reference ms/img, back to back"),
+    ("speedup_warm", "speed-up, back to back"),
     ("max_box_diff", "max abs box diff (px)"),
     ("max_score_diff", "max abs score diff"),
     ("match", "outputs match"),
@@ -229,19 +238,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t = time_interleaved({"ours": lambda: decode(on_dev, cfg), "ref": lambda: reference_decode(on_dev, cfg)},
                              device=device, warmup=args.warmup, repeats=args.repeats)
         t_ours, t_ref = t["ours"], t["ref"]
+        # back to back (each decoder repeated alone: caches, branch predictors and the allocator stay
+        # warm for it) -- the best case; the interleaved figures above are the ones the target is judged on
+        w_ours = time_callable(lambda: decode(on_dev, cfg), device=device, warmup=args.warmup, repeats=args.repeats)
+        w_ref = time_callable(lambda: reference_decode(on_dev, cfg), device=device, warmup=args.warmup,
+                              repeats=args.repeats)
         C, H, W = outputs["tl_heat"].shape[1:]
         row = {
             "source": args.source, "batch": b, "map": f"{H}x{W}", "classes": C, "topk": cfg.topk,
             "dets_per_img": float(ours.num.float().mean()),
             "ours_ms_per_img": t_ours.median * 1e3 / b, "ref_ms_per_img": t_ref.median * 1e3 / b,
             "speedup": t_ref.median / t_ours.median,
+            "ours_warm_ms_per_img": w_ours.median * 1e3 / b, "ref_warm_ms_per_img": w_ref.median * 1e3 / b,
+            "speedup_warm": w_ref.median / w_ours.median,
             "max_box_diff": check["max_box_diff"], "max_score_diff": check["max_score_diff"],
             "match": "yes" if check["match"] else "NO", "problems": check["problems"],
             "ours": t_ours.as_dict(), "reference": t_ref.as_dict(),
+            "ours_back_to_back": w_ours.as_dict(), "reference_back_to_back": w_ref.as_dict(),
         }
         rows.append(row)
         print(f"  B={b}: decode {row['ours_ms_per_img']:.2f} ms/img, reference {row['ref_ms_per_img']:.1f} ms/img, "
-              f"x{row['speedup']:.1f}, match={row['match']}", file=sys.stderr, flush=True)
+              f"x{row['speedup']:.1f} (back to back x{row['speedup_warm']:.1f}), match={row['match']}",
+              file=sys.stderr, flush=True)
     config = {"decode_config": repr(cfg), "source": args.source, "size": args.size, "objects": args.objects,
               "weights": str(args.weights) if args.weights else None, "images": str(args.images) if args.images else None,
               "warmup": args.warmup, "repeats": args.repeats,
@@ -254,7 +272,9 @@ def report(result: dict[str, Any]) -> str:
     lines = ["## Decoder speed (issue 6: target speed-up >= 10 at K = 70 on CPU)", "", format_env(result["env"]), "",
              f"`{cfg['decode_config']}`", "",
              f"source {cfg['source']}, input {cfg['size']}, {cfg['objects']} objects/img (synthetic); "
-             f"median of {cfg['repeats']} interleaved repeats", "",
+             f"median of {cfg['repeats']} interleaved repeats (ours, reference, ours, ...: each call finds the "
+             f"caches as the other left them; the target is judged on these), then {cfg['repeats']} "
+             f"back-to-back repeats of each (warm: the best case)", "",
              format_table(result["rows"], COLUMNS)]
     for r in result["rows"]:
         for msg in r["problems"]:

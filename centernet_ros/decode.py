@@ -127,12 +127,33 @@ _CPU_GROUP_ELEMS = 1 << 18
 _NUMPY_ON_CPU = True
 
 
+def _max_filter3_numpy(heat: Tensor) -> Tensor:
+    """3 x 3 max filter of a contiguous float32 CPU ``Tensor[B, C, H, W]`` (H, W >= 2) in six numpy
+    passes over the flat array: the window max along W from maxima of neighbouring elements (the two
+    border columns, where the flat shift crosses rows, fixed afterwards), then the same along H."""
+    n, C, H, W = heat.shape
+    p = heat.numpy().reshape(-1)
+    L = p.size
+    a = np.empty(L, dtype=np.float32)
+    w = np.empty(L, dtype=np.float32)
+    np.maximum(p[:-1], p[1:], out=a[:-1])  # a[i] = max(p[i], p[i + 1])
+    np.maximum(a[:-2], a[1:-1], out=w[1:-1])  # w[i] = max(p[i - 1 .. i + 1]), wrong in the border columns
+    a2, w2 = a.reshape(-1, W), w.reshape(-1, W)
+    w2[:, 0] = a2[:, 0]
+    w2[:, W - 1] = a2[:, W - 2]
+    w3, t3 = w.reshape(n * C, H, W), a.reshape(n * C, H, W)
+    np.maximum(w3[:, 1:], w3[:, :-1], out=t3[:, 1:])
+    t3[:, 0] = w3[:, 0]
+    np.maximum(t3[:, :-1], w3[:, 1:], out=t3[:, :-1])
+    return torch.from_numpy(a).view(n, C, H, W)
+
+
 def _max_filter(heat: Tensor, kernel: int, *, separable: bool | None = None) -> Tensor:
     """Max over each ``kernel`` x ``kernel`` window (stride 1, -inf padding) of ``Tensor[B, C, H, W]``.
 
-    ``F.max_pool2d`` on CUDA; on CPU separable: a 1-D max-pool along W, then maxima of shifted
-    slices along H written into a scratch tensor.  Exact, and much faster there than the CPU 2-D
-    max-pool kernel for stride 1.
+    ``F.max_pool2d`` on CUDA; on CPU separable: for 3 x 3 numpy passes (``_max_filter3_numpy``),
+    otherwise a 1-D max-pool along W, then maxima of shifted slices along H written into a scratch
+    tensor.  Exact, and much faster there than the CPU 2-D max-pool kernel for stride 1.
     """
     if separable is None:
         separable = heat.device.type == "cpu"
@@ -142,6 +163,8 @@ def _max_filter(heat: Tensor, kernel: int, *, separable: bool | None = None) -> 
     if not separable or heat.numel() == 0:
         return F.max_pool2d(heat, kernel, stride=1, padding=r)
     B, C, H, W = heat.shape
+    if r == 1 and H >= 2 and W >= 2 and heat.dtype == torch.float32 and heat.is_contiguous():
+        return _max_filter3_numpy(heat)  # fewer, cheaper calls than the torch passes below
     src = F.max_pool1d(heat.reshape(B * C * H, 1, W), kernel, stride=1, padding=r).view(B, C, H, W)  # max along W
     out = torch.empty_like(src, memory_format=torch.contiguous_format)
     # out[y] = max(src[y - r], ..., src[y + r]), clipped at the borders

@@ -381,7 +381,7 @@ def test_separable_max_filter_equals_max_pool(kernel):
     assert torch.equal(_max_filter(x, kernel, separable=False), pooled)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1, 6), (1, 2, 6, 1), (2, 1, 2, 2), (1, 3, 4, 130)])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 6), (1, 2, 6, 1), (2, 1, 2, 2), (1, 3, 4, 130), (2, 3, 2, 3), (1, 2, 5, 2)])
 @pytest.mark.parametrize("kernel", [3, 5, 7])
 def test_separable_max_filter_small_maps(shape, kernel):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(11))
