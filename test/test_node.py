@@ -7,6 +7,7 @@ must come back in the original pixels of whatever image size is published.
 from __future__ import annotations
 
 import array
+import math
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
-from centernet_ros.ros.node import DetectorNode, detections_topic_for  # noqa: E402
+from centernet_ros.ros.node import DetectorNode, NodeSettings, cpu_threads_for, detections_topic_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCENE_BOX = (100.0, 50.0, 220.0, 130.0)  # x1, y1, x2, y2 of the rectangle in the 320x180 scene
@@ -154,6 +155,17 @@ def test_detections_topic_naming():
     assert detections_topic_for("/image_raw") == "/detections"
     assert detections_topic_for("image_raw") == "detections"
     assert detections_topic_for("cam/image_raw", "detections_image") == "cam/detections_image"
+
+
+def test_cpu_threads_auto_leaves_a_core_to_ros():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert cpu_threads_for(-1, "cpu") == max(1, cores - 1)
+    assert cpu_threads_for(0, "cpu") == 0 and cpu_threads_for(3, "auto") == 3
+    if not torch.cuda.is_available():
+        assert cpu_threads_for(-1, "cuda") == 0  # not a CPU run (the detector reports the missing GPU)
+    assert NodeSettings().cpu_threads == -1
+    with pytest.raises(ValueError, match="-2"):
+        NodeSettings(cpu_threads=-2)
 
 
 def test_two_cameras_boxes_in_original_pixels_and_headers(start_detector, make_node, spin_until):
@@ -327,6 +339,16 @@ def test_newest_frame_wins_batches_and_diagnostics(start_detector, make_node, sp
     assert values["/cam0/image_raw dropped"] == "1" and values["/cam0/image_raw rejected"] == "0"
     assert float(values["latency_p50_ms"]) > 0 and float(values["latency_p99_ms"]) >= float(values["latency_p50_ms"])
     assert "fps" in values and values["state"] == "active"
+    # mean stage times per batch: the message covering the one batch has them, later ones say "nan"
+    stages = [
+        {k: float(kv.value) for kv in st.values if (k := kv.key).endswith("_ms_per_batch")}
+        for arr in diags.msgs for st in arr.status if st.name.endswith("detector")
+    ]
+    assert all(set(d) == {f"{n}_ms_per_batch" for n in ("convert", "detect", "publish", "annotate")} for d in stages)
+    timed = [d for d in stages if not math.isnan(d["detect_ms_per_batch"])]
+    assert len(timed) == 1  # each message averages the batches since the previous one
+    assert timed[0]["detect_ms_per_batch"] > 0 and timed[0]["convert_ms_per_batch"] >= 0
+    assert timed[0]["annotate_ms_per_batch"] == 0.0  # nobody subscribed to the annotated images
 
 
 def test_lifecycle_and_missing_weights(start_detector, make_node, spin_until, tmp_path):
