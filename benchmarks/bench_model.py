@@ -32,6 +32,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -58,8 +59,9 @@ from baseline_ctdet import ctdet_decode, ctdet_resnet18  # noqa: E402
 from centernet_ros.decode import DecodeConfig, decode  # noqa: E402
 from centernet_ros.model import centernet_resnet18  # noqa: E402
 
-MODELS = ("ours", "baseline")
-MODEL_LABEL = {"ours": "ours: triplet CenterNet R18", "baseline": "baseline: ctdet R18 (Objects as Points)"}
+MODELS = ("ours", "baseline", "ours-onnxruntime")
+MODEL_LABEL = {"ours": "ours: triplet CenterNet R18", "baseline": "baseline: ctdet R18 (Objects as Points)",
+               "ours-onnxruntime": "ours exported to ONNX and run by ONNX Runtime (CPU, fp32; the node's CPU default)"}
 
 COLUMNS = [
     ("model", "model"),
@@ -78,7 +80,8 @@ COLUMNS = [
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--models", nargs="+", default=["ours", "baseline"], choices=MODELS,
+                   help="default: ours baseline; ours-onnxruntime needs onnxruntime and the CPU (fp32 rows only)")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None,
                    help="default: 1 4 8 16 on CUDA, 1 4 on CPU")
     p.add_argument("--sizes", nargs="+", type=int, default=[384, 512], help="square input sides (multiples of 32)")
@@ -101,17 +104,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--batch-sizes must be >= 1, got {args.batch_sizes!r}")
     if args.num_classes < 1:
         p.error(f"--num-classes must be >= 1, got {args.num_classes!r}")
+    if "ours-onnxruntime" in args.models and args.device == "cuda":
+        p.error("--models ours-onnxruntime runs on the CPU only (use --device cpu)")
     return args
+
+
+class OrtModel(nn.Module):
+    """``ours`` run by ONNX Runtime as the detector does (``detector._OrtForward``): one session per input
+    size, exported in memory on first use (fixed size, dynamic batch)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model  # the torch weights (parameter count, GMAC)
+        self._sessions: dict[tuple[int, int], Any] = {}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from centernet_ros.detector import _OrtForward
+
+        size = (int(x.shape[2]), int(x.shape[3]))
+        if size not in self._sessions:
+            self._sessions[size] = _OrtForward(copy.deepcopy(self.model), size, torch.device("cpu"))
+        return self._sessions[size](x)
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:
     if name == "ours":
         return centernet_resnet18(num_classes=num_classes)
+    if name == "ours-onnxruntime":
+        return OrtModel(centernet_resnet18(num_classes=num_classes))
     return ctdet_resnet18(num_classes=num_classes)
 
 
 def make_decoder(name: str) -> Callable[[dict[str, torch.Tensor]], Any]:
-    if name == "ours":
+    if name in ("ours", "ours-onnxruntime"):
         cfg = DecodeConfig()
 
         def _ours(out: dict[str, torch.Tensor]):
@@ -156,6 +181,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setup_threads(args.threads)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
+    if cuda and "ours-onnxruntime" in args.models:
+        raise SystemExit("bench_model.py: --models ours-onnxruntime runs on the CPU only (use --device cpu)")
     if cuda:
         torch.backends.cudnn.benchmark = True
     batch_sizes = args.batch_sizes or ([1, 4, 8, 16] if cuda else [1, 4])
@@ -175,7 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_flops:
         for name, m in models.items():
             for s in args.sizes:
-                gmac[(name, s)] = count_gmac(m, s, device)
+                gmac[(name, s)] = count_gmac(m.model if isinstance(m, OrtModel) else m, s, device)
 
     rows: list[dict[str, Any]] = []
     for precision in precisions:
@@ -183,12 +210,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runners: dict[str, tuple[nn.Module, bool, str | None]] = {}
         for name, m in models.items():
             example = torch.randn(1, 3, args.sizes[0], args.sizes[0], device=device).to(memory_format=memory_format)
-            runners[name] = maybe_compile(m, args, example, precision, device)
+            runners[name] = (m, False, None) if isinstance(m, OrtModel) else maybe_compile(m, args, example, precision, device)
         for size in args.sizes:
             for b in batch_sizes:
                 x = torch.randn(b, 3, size, size, device=device).to(memory_format=memory_format)  # (B, 3, S, S)
                 fwd_fns, tot_fns = {}, {}
-                for name in args.models:
+                names = [n for n in args.models if n != "ours-onnxruntime" or precision == "fp32"]
+                for name in names:
                     model, dec = runners[name][0], decoders[name]
 
                     def fwd(model=model):
@@ -205,7 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # the models alternate call by call on the same input: fair under a drifting load
                 t_fwd = time_interleaved(fwd_fns, device=device, warmup=warmup, repeats=repeats)
                 t_tot = time_interleaved(tot_fns, device=device, warmup=warmup, repeats=repeats)
-                for name in args.models:
+                for name in names:
                     _, compiled, compile_error = runners[name]
                     outputs = fwd_fns[name]()
                     with torch.inference_mode():

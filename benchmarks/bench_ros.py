@@ -130,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-latency-ms", type=float, default=5.0, help="node parameter max_batch_latency_ms")
     p.add_argument("--fp16", action="store_true", help="node parameter fp16 (CUDA only)")
     p.add_argument("--channels-last", action="store_true", help="node parameter channels_last (NHWC forward)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+                   help="node parameter backend (auto = onnxruntime on CPU when installed, else torch)")
     p.add_argument("--compile", action="store_true",
                    help="node parameter compile (torch.compile + CUDA graphs, CUDA only; the node falls back to eager)")
     p.add_argument("--duration", type=float, default=6.0, help="measured seconds per configuration")
@@ -248,6 +250,8 @@ def write_params(path: Path, *, weights: Path, device: str, input_size: tuple[in
         params["channels_last"] = True
     if args.compile:
         params["compile"] = True
+    if args.backend != "auto":
+        params["backend"] = args.backend
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
 
 
@@ -558,6 +562,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import rclpy
 
     rows, stages = [], []
+    stage_backend = None  # what ran the forward pass of the stage breakdown (Detector.backend)
     with tempfile.TemporaryDirectory(prefix="bench_ros_") as tmp:
         tmpdir = Path(tmp)
         weights, weights_desc = prepare_weights(args, input_size, tmpdir)
@@ -577,6 +582,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 from centernet_ros.detector import Detector, DetectorConfig
 
                 extra = {k: True for k in ("channels_last", "compile") if getattr(args, k)}
+                if args.backend != "auto":
+                    extra["backend"] = args.backend
                 detector = Detector(
                     DetectorConfig(weights=str(weights), device=str(device), input_size=input_size, fp16=args.fp16,
                                    **extra),
@@ -589,6 +596,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         stages.append({"batch": b, "resolution": f"{res[0]}x{res[1]}", **t})
                         print(f"  stages B={b} {res[0]}x{res[1]}: forward {t['forward_ms']:.1f} ms, "
                               f"overhead {t['overhead_pct']:.1f} %", file=sys.stderr, flush=True)
+                stage_backend = detector.backend
                 detector.close()
         finally:
             rclpy.try_shutdown()
@@ -596,7 +604,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cameras": args.cameras, "resolutions": [f"{w}x{h}" for w, h in args.resolutions], "rate": args.rate,
         "input_size": list(input_size), "weights": weights_desc, "score_threshold": args.score_threshold,
         "max_batch_size": args.max_batch_size, "max_batch_latency_ms": args.max_batch_latency_ms,
-        "fp16": args.fp16, "channels_last": args.channels_last, "compile": args.compile, "duration_s": args.duration, "warmup_s": args.warmup, "node_threads": args.node_threads,
+        "fp16": args.fp16, "channels_last": args.channels_last, "compile": args.compile, "backend": args.backend,
+        "stage_backend": stage_backend,
+        "duration_s": args.duration, "warmup_s": args.warmup, "node_threads": args.node_threads,
         "video": str(args.video), "ros_domain_id": domain, "qos": args.qos,
         "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS"),
         "rmw": os.environ.get("RMW_IMPLEMENTATION") or _rmw_name(),
@@ -619,7 +629,8 @@ def report(result: dict[str, Any]) -> str:
              f"node input {cfg['input_size'][0]}x{cfg['input_size'][1]} (HxW), model: {cfg['weights']}, "
              f"score_threshold {cfg['score_threshold']}, max_batch_size {cfg['max_batch_size']}, "
              f"max_batch_latency_ms {cfg['max_batch_latency_ms']}, fp16 {cfg['fp16']}, channels_last {cfg['channels_last']}, "
-             f"compile {cfg['compile']}, rmw {cfg['rmw']} "
+             f"compile {cfg['compile']}, backend {cfg.get('backend', 'auto')} (stage breakdown ran "
+             f"{cfg.get('stage_backend')}), rmw {cfg['rmw']} "
              f"(FASTDDS_BUILTIN_TRANSPORTS={cfg['FASTDDS_BUILTIN_TRANSPORTS']}), camera QoS {cfg['qos']}; "
              f"{cfg['warmup_s']} s warm-up, {cfg['duration_s']} s measured per row", ""]
     if result["rows"]:

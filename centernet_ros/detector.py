@@ -25,10 +25,54 @@ from .decode import DecodeConfig, decode
 from .preprocess import LetterboxParams, letterbox
 from .weights import load_model
 
-__all__ = ["ORDERS", "DetectorConfig", "ImageDetections", "Detector", "resolve_device"]
+__all__ = ["BACKENDS", "ORDERS", "DetectorConfig", "ImageDetections", "Detector", "onnxruntime_available", "resolve_device"]
 
 # Colour orders an input image may have, with its channel count.
 ORDERS = {"rgb": 3, "bgr": 3, "rgba": 4, "bgra": 4, "mono": 1}
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def onnxruntime_available() -> bool:
+    """Whether ``import onnxruntime`` works (the optional CPU fast path)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _OrtForward:
+    """The model as an ONNX Runtime session: ``Tensor[B, 3, H, W]`` -> the eight heads, as the torch model.
+
+    The graph is exported in memory from the loaded model (``export.onnx_bytes``: fixed input size,
+    dynamic batch); intra-op threads follow ``torch.get_num_threads()`` at creation.  On CUDA it needs
+    onnxruntime's CUDA provider and copies through the host (the torch path is the fast one there).
+    """
+
+    def __init__(self, model: torch.nn.Module, input_size: tuple[int, int], device: torch.device) -> None:
+        import onnxruntime as ort
+
+        from .export import onnx_bytes
+
+        if device.type == "cuda":
+            have = ort.get_available_providers()
+            if "CUDAExecutionProvider" not in have:
+                raise RuntimeError(f"this onnxruntime has no CUDAExecutionProvider (has {have})")
+            providers: list = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(onnx_bytes(model, input_size=input_size), opts, providers=providers)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.device = device
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        xn = x.detach().to("cpu", torch.float32).contiguous().numpy()  # (B, 3, H, W)
+        outs = self.session.run(self.output_names, {"images": xn})
+        return {k: torch.from_numpy(v).to(self.device) for k, v in zip(self.output_names, outs)}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -53,6 +97,9 @@ class DetectorConfig:
     fp16: bool = False  # half-precision forward pass; only on CUDA (ignored on CPU, see Detector.fp16)
     channels_last: bool = False  # NHWC memory format for the forward pass (often faster on CUDA)
     compile: bool = False  # CUDA only: torch.compile(mode="reduce-overhead") = CUDA graphs; batches padded to 1, 2, 4, 8...
+    backend: str = "auto"  # forward pass: "torch", "onnxruntime" (model exported in memory at start-up; falls back
+    #                        to torch with a warning when onnxruntime is missing or fails), "auto" = onnxruntime
+    #                        on the CPU when installed (1.4-1.8x faster there, same outputs to ~1e-5), else torch
 
     def __post_init__(self) -> None:
         if not str(self.weights):
@@ -65,6 +112,8 @@ class DetectorConfig:
         dev = str(self.device)
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
 class ImageDetections(NamedTuple):
@@ -111,7 +160,21 @@ class Detector:
         self.input_size: tuple[int, int] = tuple(cfg.input_size or meta.input_size)  # type: ignore[assignment]
         if len(self.input_size) != 2 or any(v <= 0 or v % 32 for v in self.input_size):
             raise ValueError(f"input size must be (H, W), positive multiples of 32, got {self.input_size!r}")
-        self.fp16 = bool(cfg.fp16 and self.device.type == "cuda")
+        # the ONNX Runtime session, exported from the fp32 CPU model before it moves to the device
+        self.backend = "torch"  # what actually runs the forward pass
+        self.backend_error: str | None = None  # why onnxruntime was requested but not used, if it was
+        self._ort: _OrtForward | None = None
+        want = cfg.backend
+        if want == "auto":
+            want = "onnxruntime" if self.device.type == "cpu" and onnxruntime_available() else "torch"
+        if want == "onnxruntime":
+            try:
+                self._ort = _OrtForward(model, self.input_size, self.device)
+                self.backend = "onnxruntime"
+            except Exception as exc:  # not installed, export or session failure: stay correct, lose the speed-up
+                self.backend_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                warnings.warn(f"onnxruntime backend unavailable, using torch: {self.backend_error}", RuntimeWarning)
+        self.fp16 = bool(cfg.fp16 and self.device.type == "cuda" and self._ort is None)
         self.dtype = torch.float16 if self.fp16 else torch.float32
         model = model.to(self.device, dtype=self.dtype).eval()
         if cfg.channels_last:
@@ -120,7 +183,7 @@ class Detector:
         # CUDA fast path: graphs need fixed shapes, so batches are padded to powers of two (few graphs).
         # Compilation happens on the first batch of each size; any failure falls back to eager mode.
         self._compiled = None
-        if cfg.compile and self.device.type == "cuda":
+        if cfg.compile and self.device.type == "cuda" and self._ort is None:
             self._compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
         self.compile_error: str | None = None  # why the compiled path was abandoned, if it was
         self.decode_config = decode if decode is not None else DecodeConfig()
@@ -192,7 +255,9 @@ class Detector:
         return out
 
     def _forward(self, x: Tensor) -> dict[str, Tensor]:
-        """Eager forward pass, or the compiled one on a batch padded to the next power of two."""
+        """ONNX Runtime, eager forward pass, or the compiled one on a batch padded to the next power of two."""
+        if self._ort is not None:
+            return self._ort(x)
         if self._compiled is None:
             return self.model(x)
         b = x.shape[0]
@@ -213,6 +278,7 @@ class Detector:
         with self._lock:
             self.model = None
             self._compiled = None
+            self._ort = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

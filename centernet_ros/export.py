@@ -15,8 +15,10 @@ Metadata: ONNX ``metadata_props`` and TorchScript ``_extra_files`` hold ``class_
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import torch
 
 from .model import OUTPUT_NAMES, CenterNetTriplet
 
-__all__ = ["ExportConfig", "export_onnx", "export_torchscript", "main"]
+__all__ = ["ExportConfig", "export_onnx", "export_torchscript", "main", "onnx_bytes"]
 
 
 @dataclass
@@ -64,12 +66,38 @@ class _TupleModel(torch.nn.Module):
         return tuple(out[k] for k in OUTPUT_NAMES)
 
 
-def _prepare(model: CenterNetTriplet, path, input_size, batch_size) -> tuple[Path, _TupleModel, torch.Tensor]:
-    """Output folder, fp32 CPU tuple-output wrapper in eval mode, example input Tensor[B, 3, H, W]."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _prepare(model: CenterNetTriplet, path, input_size, batch_size) -> tuple[Path | None, _TupleModel, torch.Tensor]:
+    """Output folder (created; None: no file), fp32 CPU tuple-output wrapper in eval mode, example
+    input Tensor[B, 3, H, W]."""
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
     wrapped = _TupleModel(model.float().cpu()).eval()  # eval on the wrapper: exporters restore its mode recursively
     return path, wrapped, torch.zeros(batch_size, 3, *input_size)
+
+
+def onnx_bytes(model: CenterNetTriplet, *, input_size: tuple[int, int], batch_size: int = 1, opset: int = 17) -> bytes:
+    """The ONNX graph (dynamic batch, fixed ``input_size`` (H, W), no metadata) as bytes, in memory.
+
+    Converts ``model`` to fp32 on the CPU in place (``nn.Module.float()`` / ``.cpu()``).  The tracer's
+    warnings about Python control flow (shape checks that are constant for a fixed input size) are
+    silenced.
+    """
+    _, wrapped, example = _prepare(model, None, input_size, batch_size)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            buf,
+            input_names=["images"],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={"images": {0: "batch"}, **{k: {0: "batch"} for k in OUTPUT_NAMES}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return buf.getvalue()
 
 
 def export_onnx(
@@ -84,18 +112,9 @@ def export_onnx(
     """Export to ONNX (dynamic batch) and attach metadata. Returns the path."""
     import onnx
 
-    path, wrapped, example = _prepare(model, path, input_size, batch_size)
-    torch.onnx.export(
-        wrapped,
-        (example,),
-        str(path),
-        input_names=["images"],
-        output_names=list(OUTPUT_NAMES),
-        dynamic_axes={"images": {0: "batch"}, **{k: {0: "batch"} for k in OUTPUT_NAMES}},
-        opset_version=opset,
-        dynamo=False,
-    )
-    proto = onnx.load(str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proto = onnx.load_from_string(onnx_bytes(model, input_size=input_size, batch_size=batch_size, opset=opset))
     for key, value in _metadata(model, input_size, class_names).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

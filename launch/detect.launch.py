@@ -26,6 +26,8 @@ OVERRIDES = {
     'input_size': ([int], 'network input [H, W], multiples of 32; [0, 0] = the size stored in the model'),
     'fp16': (bool, 'half-precision forward pass on CUDA'),
     'compile': (bool, 'CUDA graphs through torch.compile (CUDA only)'),
+    'backend': (str, 'forward pass: auto (onnxruntime on CPU when installed) | torch | onnxruntime'),
+    'cpu_threads': (int, 'torch / onnxruntime threads on CPU: -1 = all cores but one, 0 = library default'),
     'camera_topics': ([str], 'camera topics, e.g. "[/cam0/image_raw, /cam1/image_raw/compressed]"'),
     'transports': ([str], 'auto | raw | compressed, one for all topics or one per topic'),
     'detections_topics': ([str], '[auto] (= <camera ns>/detections) or one topic per camera'),

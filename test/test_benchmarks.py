@@ -5,6 +5,7 @@ Legend: B batch, C classes, H/W map size, K top-k.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -166,6 +167,20 @@ def test_bench_model_smoke(device, tmp_path, capsys):
         assert r["forward"]["repeats"] == 1
     assert len(data["issue3"]) == 2
     assert data["env"]["command"].endswith("--json " + str(path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
+def test_bench_model_onnxruntime_rows(tmp_path, capsys):
+    bench_model = importlib.import_module("bench_model")
+    path = tmp_path / "model.json"
+    rc = bench_model.main(["--device", "cpu", "--models", "ours", "ours-onnxruntime", "--batch-sizes", "1", "2",
+                           "--sizes", "64", "--precisions", "fp32", "--num-classes", "3", "--warmup", "0",
+                           "--repeats", "1", "--no-flops", "--json", str(path)])
+    assert rc == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert {(r["model"], r["batch"]) for r in rows} == {(m, b) for m in ("ours", "ours-onnxruntime") for b in (1, 2)}
+    assert all(r["forward_ms_per_img"] > 0 for r in rows)
+    assert "ours-onnxruntime = ours exported to ONNX" in capsys.readouterr().out
 
 
 def test_bench_model_rejects_bad_size():

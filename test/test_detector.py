@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from centernet_ros.decode import DecodeConfig, decode
-from centernet_ros.detector import Detector, DetectorConfig, resolve_device
+from centernet_ros.detector import Detector, DetectorConfig, onnxruntime_available, resolve_device
 from centernet_ros.model import centernet_resnet18
 from centernet_ros.preprocess import letterbox
 from centernet_ros.weights import WeightsError, save_model
@@ -179,9 +179,9 @@ def _same(a, b):
 def test_compile_is_ignored_on_cpu_and_padded_batches_match_eager(weights):
     """``compile=True`` is a CUDA-only option; the power-of-two padding it relies on keeps results exact."""
     images = _images(1)[:3]
-    eager = Detector(DetectorConfig(weights=weights, device="cpu"), decode=ALL_PAIRS)
+    eager = Detector(DetectorConfig(weights=weights, device="cpu", backend="torch"), decode=ALL_PAIRS)
     expected = eager.detect(images)
-    det = Detector(DetectorConfig(weights=weights, device="cpu", compile=True), decode=ALL_PAIRS)
+    det = Detector(DetectorConfig(weights=weights, device="cpu", compile=True, backend="torch"), decode=ALL_PAIRS)
     assert det._compiled is None  # CPU: eager
     _same(det.detect(images), expected)
     seen = []
@@ -197,7 +197,7 @@ def test_compile_is_ignored_on_cpu_and_padded_batches_match_eager(weights):
 
 def test_compile_failure_falls_back_to_eager(weights):
     images = _images(2)[:2]
-    det = Detector(DetectorConfig(weights=weights, device="cpu"), decode=ALL_PAIRS)
+    det = Detector(DetectorConfig(weights=weights, device="cpu", backend="torch"), decode=ALL_PAIRS)
     expected = det.detect(images)
 
     def broken(x):
@@ -208,3 +208,48 @@ def test_compile_failure_falls_back_to_eager(weights):
         got = det.detect(images)
     _same(got, expected)
     assert det._compiled is None and det.compile_error == "RuntimeError: triton not available"
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
+def test_onnxruntime_backend_matches_torch(weights):
+    """The CPU default (backend auto) runs the forward pass in ONNX Runtime: same detections as torch."""
+    images = _images(3)
+    ref = Detector(DetectorConfig(weights=weights, device="cpu", backend="torch"), decode=ALL_PAIRS)
+    for backend in ("onnxruntime", "auto"):
+        det = Detector(DetectorConfig(weights=weights, device="cpu", backend=backend), decode=ALL_PAIRS)
+        assert det.backend == "onnxruntime" and det.backend_error is None
+        x, _ = det.preprocess(images[:2])
+        heads_ort, heads_torch = det._forward(x), ref.model(x)
+        assert set(heads_ort) == set(heads_torch)
+        for k, v in heads_torch.items():
+            assert heads_ort[k].shape == v.shape and heads_ort[k].dtype == torch.float32
+            torch.testing.assert_close(heads_ort[k], v, atol=1e-4, rtol=1e-4)
+        for a, b in zip(det.detect(images), ref.detect(images)):
+            assert len(a.scores) == len(b.scores) > 0
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)  # both sorted by score
+            # rows with (nearly) tied scores may come in another order: match them one to one
+            free = np.ones(len(b.scores), dtype=bool)
+            for box, score, label in zip(a.boxes, a.scores, a.labels):
+                cand = np.flatnonzero(free & (b.labels == label) & (np.abs(b.scores - score) <= 1e-4)
+                                      & (np.abs(b.boxes - box).max(1) <= 1e-2))
+                assert len(cand), (box, score, label)
+                free[cand[0]] = False
+    assert ref.backend == "torch" and ref._ort is None
+
+
+def test_onnxruntime_backend_falls_back_to_torch(weights, monkeypatch):
+    import centernet_ros.detector as detector_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such provider\ndetails")
+
+    monkeypatch.setattr(detector_module._OrtForward, "__init__", broken)
+    with pytest.warns(RuntimeWarning, match="no such provider"):
+        det = Detector(DetectorConfig(weights=weights, device="cpu", backend="onnxruntime"), decode=ALL_PAIRS)
+    assert det.backend == "torch" and det.backend_error == "RuntimeError: no such provider"
+    assert len(det.detect(_images(4)[:1])) == 1
+    monkeypatch.setattr(detector_module, "onnxruntime_available", lambda: False)  # auto without onnxruntime: quietly torch
+    det = Detector(DetectorConfig(weights=weights, device="cpu"), decode=ALL_PAIRS)
+    assert det.backend == "torch" and det.backend_error is None
+    with pytest.raises(ValueError, match="'tensorrt'"):
+        DetectorConfig(weights=weights, backend="tensorrt")

@@ -27,6 +27,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
+from centernet_ros.detector import onnxruntime_available  # noqa: E402
 from centernet_ros.ros.node import DetectorNode, NodeSettings, cpu_threads_for, detections_topic_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -349,6 +350,8 @@ def test_newest_frame_wins_batches_and_diagnostics(start_detector, make_node, sp
     assert len(timed) == 1  # each message averages the batches since the previous one
     assert timed[0]["detect_ms_per_batch"] > 0 and timed[0]["convert_ms_per_batch"] >= 0
     assert timed[0]["annotate_ms_per_batch"] == 0.0  # nobody subscribed to the annotated images
+    hardware = {st.hardware_id for arr in diags.msgs for st in arr.status if st.name.endswith("detector")}
+    assert hardware == {f"cpu ({'onnxruntime' if onnxruntime_available() else 'torch'})"}  # backend auto on CPU
 
 
 def test_lifecycle_and_missing_weights(start_detector, make_node, spin_until, tmp_path):

@@ -45,7 +45,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from ..decode import DecodeConfig
-from ..detector import Detector, DetectorConfig, resolve_device
+from ..detector import BACKENDS, Detector, DetectorConfig, resolve_device
 from .conversions import (
     ImageConversionError,
     RawImage,
@@ -114,6 +114,7 @@ class NodeSettings:
     fp16: bool = False  # half-precision forward pass (CUDA only; ignored on CPU)
     channels_last: bool = False  # NHWC memory format for the forward pass (CUDA)
     compile: bool = False  # CUDA graphs via torch.compile for the padded batch sizes (CUDA only; eager on failure)
+    backend: str = "auto"  # forward pass: auto (onnxruntime on CPU when installed, else torch) | torch | onnxruntime
     camera_topics: list[str] = field(default_factory=lambda: ["/camera/image_raw"])  # sensor_msgs/Image topics
     transports: list[str] = field(default_factory=lambda: ["auto"])  # one for all or one per topic: auto|raw|compressed
     detections_topics: list[str] = field(default_factory=lambda: ["auto"])  # ["auto"] = <camera ns>/detections
@@ -123,7 +124,7 @@ class NodeSettings:
     qos_depth: int = 1  # camera subscription queue depth (newest frame wins anyway)
     diagnostics_period: float = 1.0  # seconds between /diagnostics messages
     autostart: bool = True  # configure + activate right after start (console script)
-    cpu_threads: int = -1  # torch intra-op threads for CPU inference: -1 = all cores but one (min 1), which
+    cpu_threads: int = -1  # torch / onnxruntime intra-op threads for CPU inference: -1 = all cores but one (min 1), which
     #                        leaves a core to the ROS executor threads that otherwise fight torch's pool
     #                        (2 cores: 1.4 -> 3.9 frames/s); 0 = torch's default (all cores); N = N threads
 
@@ -145,6 +146,8 @@ class NodeSettings:
             )
         if list(self.detections_topics) != ["auto"] and len(self.detections_topics) != n:
             raise ValueError(f"detections_topics must be ['auto'] or one per camera topic, got {list(self.detections_topics)!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.qos_reliability not in _RELIABILITY:
             raise ValueError(f"qos_reliability must be one of {sorted(_RELIABILITY)}, got {self.qos_reliability!r}")
         if int(self.qos_depth) < 1:
@@ -204,6 +207,7 @@ _DESCRIPTIONS = {
     "fp16": "half-precision forward pass on CUDA",
     "channels_last": "NHWC memory format for the forward pass (CUDA)",
     "compile": "torch.compile with CUDA graphs for the padded batch sizes (CUDA only; falls back to eager)",
+    "backend": "forward pass: auto (onnxruntime on CPU when installed, else torch) | torch | onnxruntime",
     "camera_topics": "sensor_msgs/Image (or CompressedImage) topics, one per camera",
     "transports": "auto | raw | compressed, one for all topics or one per topic (auto: '/compressed' suffix)",
     "detections_topics": "['auto'] (= <camera ns>/detections) or one vision_msgs/Detection2DArray topic per camera",
@@ -212,7 +216,7 @@ _DESCRIPTIONS = {
     "qos_reliability": "camera subscriptions: best_effort | reliable",
     "qos_depth": "camera subscription queue depth",
     "diagnostics_period": "seconds between diagnostic_msgs/DiagnosticArray on /diagnostics",
-    "cpu_threads": "torch intra-op threads for CPU inference (-1 = all cores but one, 0 = torch default)",
+    "cpu_threads": "torch / onnxruntime intra-op threads for CPU inference (-1 = all cores but one, 0 = torch default)",
     "autostart": "configure and activate on start",
     "max_batch_size": "most camera frames in one forward pass",
     "max_batch_latency_ms": "longest wait for more cameras after the first pending frame",
@@ -438,14 +442,18 @@ class DetectorNode(LifecycleNode):
             detector = Detector(
                 DetectorConfig(
                     weights=str(self._weights_path), device=s.device, input_size=cfg_size, fp16=s.fp16,
-                    channels_last=s.channels_last, compile=s.compile,
+                    channels_last=s.channels_last, compile=s.compile, backend=s.backend,
                 ),
                 decode=self._decode_cfg,
             )
         except Exception as exc:
             return self._fail("cannot load the model", exc)
         if s.fp16 and not detector.fp16:
-            self.get_logger().warning(f"fp16 requested but the device is {detector.device}: running in fp32")
+            self.get_logger().warning(
+                f"fp16 requested but the forward pass runs on {detector.device} ({detector.backend}): running in fp32"
+            )
+        if detector.backend_error:
+            self.get_logger().warning(f"onnxruntime backend unavailable, using torch: {detector.backend_error}")
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=int(s.qos_depth),
@@ -467,7 +475,7 @@ class DetectorNode(LifecycleNode):
         self._worker.start()
         self._error = ""
         h, w = detector.input_size
-        self.get_logger().info(f"active on {detector.device} (input {h}x{w}, fp16={detector.fp16})")
+        self.get_logger().info(f"active on {detector.device} with {detector.backend} (input {h}x{w}, fp16={detector.fp16})")
         return TransitionCallbackReturn.SUCCESS
 
     def _deactivate(self) -> None:
@@ -763,7 +771,7 @@ class DetectorNode(LifecycleNode):
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name()}: detector"
         detector = self._detector
-        status.hardware_id = str(detector.device) if detector is not None else ""
+        status.hardware_id = f"{detector.device} ({detector.backend})" if detector is not None else ""
         rejected = sum(c["rejected"] for c in st["cameras"].values())
         if self._error:
             status.level, status.message = DiagnosticStatus.ERROR, self._error
