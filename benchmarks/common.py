@@ -8,6 +8,7 @@ traced to the machine, the versions and the exact command that produced it.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -235,14 +236,39 @@ def environment(device: torch.device, *, script: str | Path | None = None, argv:
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "command": command_line(script, argv),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "onnxruntime": _version_of("onnxruntime"),
+        "git_commit": _git_commit(),
     }
     env.update(extra)
     return env
 
 
+def _version_of(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except Exception:  # not installed (or broken): recorded as None
+        return None
+
+
+def _git_commit() -> str | None:
+    """Commit of the repository the benchmarks run from (``+dirty`` with uncommitted changes), if git is there."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def format_env(env: dict[str, Any]) -> str:
     """Short Markdown bullet list of the environment."""
-    keys = ("device", "cpu", "gpu", "torch_threads", "torch", "cuda", "python", "load_average", "command")
+    keys = ("device", "cpu", "gpu", "torch_threads", "torch", "cuda", "onnxruntime", "python", "git_commit",
+            "load_average", "command")
     lines = []
     for k in keys:
         v = env.get(k)
