@@ -15,16 +15,22 @@ Test procedure of "CenterNet: Keypoint Triplets for Object Detection" (Duan et a
 4. score threshold, per-class soft / hard / no NMS, best ``max_per_image``;
 5. undo the letterbox (``orig = (input_px - offset) / scale``) and clip to the original image.
 
-Everything is batched tensor code.  With ``DecodeConfig.host_sync`` (default) two device->host
-reads size tensors by their content (the number of valid pairs, the number of NMS candidates); on
-the CPU they cost nothing and also let the NMS stop early.  ``host_sync=False`` gives the same
-results without any sync (CUDA graphs, async pipelines).  ``reference_decode.py`` is a per-image
-numpy version for tests and the benchmark.
+Two implementations with bit-identical results (``test_decode.py`` compares them):
+
+- batched tensor code (CUDA, or ``host_sync=False``).  With ``DecodeConfig.host_sync`` (default) two
+  device->host reads size tensors by their content (the number of valid pairs, the number of NMS
+  candidates); ``host_sync=False`` gives the same results without any sync (CUDA graphs, async pipelines);
+- on the CPU with ``host_sync``: the heatmap passes (sigmoid, peak test, block maxima) as tensor ops,
+  everything after them in numpy per image (``_peak_topk_numpy``, ``_assemble_keypoints_numpy``,
+  ``_pairs_to_detections_numpy``, ``box_ops.soft_nms_numpy``): after the top-k everything is small, and a
+  numpy call costs about a microsecond against several for a torch op.
+
+``reference_decode.py`` is a straightforward per-image numpy version for tests and the benchmark.
 
 Speed notes (CPU, where one op costs microseconds and element-wise passes are memory-bound): the
-keypoint extraction runs on cache-sized chunks with one max-pool pass and in-place arithmetic
+keypoint extraction runs on cache-sized chunks with a separable max filter and in-place arithmetic
 instead of comparisons/``where``; the top-k is two-level and exact; only valid pairs go on to the
-centre check; the sequential soft-NMS pick loop runs on numpy views (see ``box_ops.soft_nms``).
+centre check.
 """
 
 from __future__ import annotations
