@@ -346,6 +346,17 @@ def test_cpu_numpy_path_is_bit_identical_to_the_tensor_paths(monkeypatch, nms, m
         check_layout(host, B, cfg.max_per_image)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_numpy_path_with_half_precision_outputs(dtype):
+    """fp16 / bf16 head outputs (CPU autocast, fp16 models) take the numpy path too: same results as the
+    tensor path, and numpy never sees a dtype it cannot hold (bf16)."""
+    out = {k: v.to(dtype) for k, v in random_outputs(B=2, seed=25).items()}
+    host = decode(out, DecodeConfig())
+    tensor = decode(out, DecodeConfig(host_sync=False))
+    assert all(torch.equal(a, b) for a, b in zip(host, tensor))
+    assert host.boxes.dtype == torch.float32 and host.num.min() > 0
+
+
 # ----------------------------------------------------------------------------- dtypes, devices, empty
 
 
