@@ -371,9 +371,9 @@ def _assemble_keypoints_numpy(
         for j in range(0, len(scores), per_img):
             s = np.concatenate(scores[j : j + per_img], 1)  # (1, groups*k') in class order
             idx = np.concatenate(inds[j : j + per_img], 1)
-            sel = np.argsort(-s, axis=1, kind="stable")[:, :k]  # ties: lower class group, then lower index
-            merged_s.append(np.take_along_axis(s, sel, 1))
-            merged_i.append(np.take_along_axis(idx, sel, 1))
+            sel = np.argsort(-s[0], kind="stable")[:k]  # ties: lower class group, then lower index
+            merged_s.append(s[:, sel])
+            merged_i.append(idx[:, sel])
         scores, inds = merged_s, merged_i
     score = np.concatenate(scores, 0).reshape(nm, B, k)
     ind = np.concatenate(inds, 0).reshape(nm, B, k)
@@ -381,9 +381,9 @@ def _assemble_keypoints_numpy(
     labels = np.where(score > 0, ind // HW, np.arange(-1, -nm - 1, -1).reshape(nm, 1, 1))  # (nm, B, K)
     pix = ind % HW  # (nm, B, K)
     xy = np.stack([pix % W, pix // W], -1).astype(np.float32)  # (nm, B, K, 2)
+    rows = np.arange(B)[:, None]  # (B, 1)
     for i, r in enumerate(regrs):
-        off = np.take_along_axis(r.float().numpy().reshape(B, 2, HW), pix[i][:, None, :], 2)  # (B, 2, K)
-        xy[i] += off.transpose(0, 2, 1)
+        xy[i] += r.float().numpy().reshape(B, 2, HW).transpose(0, 2, 1)[rows, pix[i]]  # (B, K, 2) offsets
     return [_Keypoints(score[i], labels[i], xy[i], pix[i]) for i in range(nm)]
 
 
@@ -651,8 +651,9 @@ def decode(
     kps = _topk_keypoints(heats, regrs, K, cfg.kernel, host=host)
     tl, br = kps[0], kps[1]
     if host:
-        tl_tag = np.take_along_axis(outputs["tl_tag"].float().numpy().reshape(B, H * W), tl.pix, 1)  # (B, K)
-        br_tag = np.take_along_axis(outputs["br_tag"].float().numpy().reshape(B, H * W), br.pix, 1)
+        rows = np.arange(B)[:, None]  # (B, 1)
+        tl_tag = outputs["tl_tag"].float().numpy().reshape(B, H * W)[rows, tl.pix]  # (B, K)
+        br_tag = outputs["br_tag"].float().numpy().reshape(B, H * W)[rows, br.pix]
         boxes, scores, labels = _pairs_to_detections_numpy(kps, tl_tag, br_tag, cfg)
         valid = labels >= 0  # (B, D)
         if offset is not None or scale is not None or orig_size is not None:  # as boxes_to_original
