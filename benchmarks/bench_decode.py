@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--objects", type=int, default=30, help="objects per image N (synthetic source)")
     p.add_argument("--topk", type=int, default=70, help="K keypoints per heatmap (DecodeConfig.topk)")
     p.add_argument("--nms", default="soft", choices=NMS_CHOICES)
+    p.add_argument("--no-host-sync", action="store_true",
+                   help="DecodeConfig(host_sync=False): the sync-free tensor path (CUDA graphs / async pipelines)")
     p.add_argument("--weights", type=Path, default=None, help="model source: trained .safetensors file")
     p.add_argument("--images", type=Path, default=None, help="model source: folder of images (jpg/png)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls of each decoder")
@@ -219,7 +221,7 @@ def compare(ours, ref: list[tuple[np.ndarray, np.ndarray, np.ndarray]], atol: fl
 def run(args: argparse.Namespace) -> dict[str, Any]:
     setup_threads(args.threads)
     device = resolve_device(args.device)
-    cfg = DecodeConfig(topk=args.topk, nms=args.nms)
+    cfg = DecodeConfig(topk=args.topk, nms=args.nms, host_sync=not args.no_host_sync)
     gen = torch.Generator().manual_seed(args.seed)
     rows = []
     for b in args.batch_sizes:
