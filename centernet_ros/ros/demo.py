@@ -10,7 +10,7 @@ Three nodes share one process and one multi-threaded executor, talking over real
 The recorder writes the annotated frames to ``<out>/demo.mp4`` and a summary (frames, detections per
 class name, FPS, latency p50/p99) to stdout and ``<out>/demo_summary.json``. The publisher waits for
 each frame's detections before sending the next, so every frame is processed even on a slow CPU.
-The network input defaults to 256x448 on a CPU (the whole 922-frame clip in about two minutes on
+The network input defaults to 256x448 on a CPU (the whole 922-frame clip in about 2.5 minutes on
 two cores) and to 384x640 on a GPU (the clip's 640x360 at full resolution); both keep the clip's
 16:9 shape instead of padding it into the model's square training size. ``--max-frames`` shortens the run.
 """
@@ -32,7 +32,7 @@ CAMERA = "/demo/camera/image_raw"
 DETECTIONS = "/demo/camera/detections"
 ANNOTATED = "/demo/camera/detections_image"
 LABEL_INFO = "/label_info"
-CPU_INPUT_SIZE = (256, 448)  # (H, W) default network input on a CPU: ~12 fps on two cores
+CPU_INPUT_SIZE = (256, 448)  # (H, W) default network input on a CPU: ~7 frames/s on two cores (onnxruntime)
 GPU_INPUT_SIZE = (384, 640)  # (H, W) default network input on a GPU: the clip at full resolution
 
 
