@@ -257,7 +257,13 @@ class Detector:
     def _forward(self, x: Tensor) -> dict[str, Tensor]:
         """ONNX Runtime, eager forward pass, or the compiled one on a batch padded to the next power of two."""
         if self._ort is not None:
-            return self._ort(x)
+            try:
+                return self._ort(x)
+            except Exception as exc:  # a broken runtime: stay correct with the torch model, lose the speed-up
+                self.backend_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                warnings.warn(f"onnxruntime forward failed, using torch from now on: {self.backend_error}", RuntimeWarning)
+                self._ort = None
+                self.backend = "torch"
         if self._compiled is None:
             return self.model(x)
         b = x.shape[0]

@@ -253,3 +253,21 @@ def test_onnxruntime_backend_falls_back_to_torch(weights, monkeypatch):
     assert det.backend == "torch" and det.backend_error is None
     with pytest.raises(ValueError, match="'tensorrt'"):
         DetectorConfig(weights=weights, backend="tensorrt")
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
+def test_onnxruntime_failure_at_run_time_falls_back_to_torch(weights):
+    """A session that fails at run time: that batch and the next ones run in torch, with one warning."""
+    images = _images(5)[:2]
+    expected = Detector(DetectorConfig(weights=weights, device="cpu", backend="torch"), decode=ALL_PAIRS).detect(images)
+    det = Detector(DetectorConfig(weights=weights, device="cpu", backend="onnxruntime"), decode=ALL_PAIRS)
+    assert det.backend == "onnxruntime"
+
+    def failing(x):
+        raise RuntimeError("out of memory\nmore")
+
+    det._ort = failing
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        _same(det.detect(images), expected)
+    assert det.backend == "torch" and det._ort is None and det.backend_error == "RuntimeError: out of memory"
+    _same(det.detect(images), expected)

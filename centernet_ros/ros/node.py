@@ -791,6 +791,8 @@ class DetectorNode(LifecycleNode):
         }
         for stage, ms in st["stage_ms"].items():  # since the previous message; "nan" when no batch ran
             values[f"{stage}_ms_per_batch"] = f"{ms:.2f}"
+        if detector is not None and detector.backend_error:  # onnxruntime requested or failed: torch runs
+            values["backend_error"] = detector.backend_error
         for topic, c in st["cameras"].items():
             for key in ("received", "processed", "dropped", "rejected"):
                 values[f"{topic} {key}"] = str(c[key])
