@@ -272,3 +272,26 @@ def test_bench_ros_smoke(tmp_path):
     assert row["answered"] > 0 and row["latency_p50_ms"] > 0  # frames made it through the node and back
     (stage,) = data["stages"]
     assert stage["batch"] == 2 and stage["forward_ms"] > 0
+
+
+# ------------------------------------------------------------------------------------ bench_pipeline
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bench_pipeline_smoke(device, tmp_path, capsys):
+    bench_pipeline = importlib.import_module("bench_pipeline")
+    path = tmp_path / "pipeline.json"
+    rc = bench_pipeline.main(["--device", device, "--cameras", "1", "3", "--resolutions", "96x64", "--input-size", "64", "64",
+                              "--backend", "torch", "--iters", "2", "--warmup", "0", "--json", str(path)])
+    assert rc == 0
+    assert "| cameras | image | frames/s | latency p50 ms |" in capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert [(r["cameras"], r["resolution"], r["batches"]) for r in data["rows"]] == [(1, "96x64", 2), (3, "96x64", 2)]
+    assert all(r["fps"] > 0 and r["latency_p99_ms"] >= r["latency_p50_ms"] > 0 for r in data["rows"])
+    assert data["config"]["backend"] == "torch" and data["config"]["input_size"] == [64, 64]
+
+
+def test_bench_pipeline_rejects_bad_input_size():
+    bench_pipeline = importlib.import_module("bench_pipeline")
+    with pytest.raises(SystemExit):
+        bench_pipeline.parse_args(["--input-size", "100", "64"])
