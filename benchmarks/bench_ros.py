@@ -167,11 +167,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_frames(video: Path, size: tuple[int, int], count: int = 8) -> list[np.ndarray]:
-    """``count`` BGR frames ``uint8[H, W, 3]`` of ``video`` resized to ``size`` (W, H); synthetic if unreadable."""
-    import cv2
-
+    """``count`` BGR frames ``uint8[H, W, 3]`` of ``video`` resized to ``size`` (W, H); synthetic if unreadable
+    (or OpenCV is not installed)."""
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
     frames = []
-    if video.is_file():
+    if cv2 is not None and video.is_file():
         cap = cv2.VideoCapture(str(video))
         step = 0
         while len(frames) < count:
