@@ -186,14 +186,15 @@ def load_frames(video: Path, size: tuple[int, int], count: int = 8) -> list[np.n
             step += 1
         cap.release()
     if not frames:
-        print(f"note: {video} not readable, using synthetic frames", file=sys.stderr)
+        print(f"note: {video} not readable (or OpenCV missing), using synthetic frames", file=sys.stderr)
         rng = np.random.default_rng(0)
         w, h = size
         for _ in range(count):
             img = np.full((h, w, 3), 90, np.uint8)
-            for _ in range(6):
-                x, y = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
-                img[y : y + int(rng.integers(20, h // 3)), x : x + int(rng.integers(20, w // 3))] = rng.integers(0, 255, 3)
+            for _ in range(6):  # coloured rectangles up to a third of the frame, any frame size
+                rh, rw = int(rng.integers(1, max(2, h // 3))), int(rng.integers(1, max(2, w // 3)))
+                y, x = int(rng.integers(0, max(1, h - rh))), int(rng.integers(0, max(1, w - rw)))
+                img[y : y + rh, x : x + rw] = rng.integers(0, 255, 3)
             frames.append(img)
     return frames
 

@@ -295,3 +295,11 @@ def test_bench_pipeline_rejects_bad_input_size():
     bench_pipeline = importlib.import_module("bench_pipeline")
     with pytest.raises(SystemExit):
         bench_pipeline.parse_args(["--input-size", "100", "64"])
+
+
+@pytest.mark.parametrize("size", [(3, 2), (64, 48), (640, 360)])
+def test_synthetic_frames_for_any_size(tmp_path, size):
+    """Without the clip (or OpenCV) the benchmarks fall back to synthetic frames of the asked size."""
+    bench_ros = importlib.import_module("bench_ros")
+    frames = bench_ros.load_frames(tmp_path / "missing.mp4", size, count=3)
+    assert len(frames) == 3 and all(f.shape == (size[1], size[0], 3) and f.dtype == np.uint8 for f in frames)
