@@ -41,7 +41,7 @@ from common import (  # noqa: E402
     run_script,
     setup_threads,
 )
-from bench_ros import DEFAULT_VIDEO, REPO_ROOT, load_frames, parse_resolution, prepare_weights  # noqa: E402
+from bench_ros import DEFAULT_VIDEO, REPO_ROOT, add_pipeline_args, load_frames, prepare_weights  # noqa: E402
 
 BUNDLED_VIDEO = REPO_ROOT / "models" / "slow_traffic_small.mp4"  # the demo clip, part of the package
 
@@ -60,19 +60,7 @@ COLUMNS = [
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
-    p.add_argument("--cameras", nargs="+", type=int, default=[1, 2, 4, 8], help="camera counts N (frames per batch)")
-    p.add_argument("--resolutions", nargs="+", type=parse_resolution, default=[(640, 360), (1280, 720)],
-                   help="camera image sizes WxH")
-    p.add_argument("--input-size", nargs=2, type=int, default=None, metavar=("H", "W"),
-                   help="network input (multiples of 32); default 192 320 on CPU, 384 640 on CUDA")
-    p.add_argument("--weights", type=Path, default=None,
-                   help="model file; default models/centernet_vehicles.safetensors if present, else random weights")
-    p.add_argument("--num-classes", type=int, default=5, help="classes of the random-weight model")
-    p.add_argument("--score-threshold", type=float, default=0.15, help="DecodeConfig.score_threshold (node default)")
-    p.add_argument("--fp16", action="store_true", help="DetectorConfig.fp16 (CUDA only)")
-    p.add_argument("--channels-last", action="store_true", help="DetectorConfig.channels_last")
-    p.add_argument("--compile", action="store_true", help="DetectorConfig.compile (CUDA graphs, CUDA only)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"), help="DetectorConfig.backend")
+    add_pipeline_args(p, score_threshold=0.15, what="detector setting")  # 0.15: the node's default
     p.add_argument("--iters", type=int, default=None, help="timed batches per row (default: 20 CPU, 300 CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed batches per row (default: 2 CPU, 30 CUDA)")
     p.add_argument("--video", type=Path, default=BUNDLED_VIDEO if BUNDLED_VIDEO.is_file() else DEFAULT_VIDEO,

@@ -113,27 +113,33 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return w, h
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p)
+def add_pipeline_args(p: argparse.ArgumentParser, *, score_threshold: float, what: str) -> None:
+    """Options ``bench_ros.py`` and ``bench_pipeline.py`` share: cameras, image sizes, the network input,
+    the model and the detector settings (``what`` names where the settings go, for the help texts)."""
     p.add_argument("--cameras", nargs="+", type=int, default=[1, 2, 4, 8], help="camera counts N")
     p.add_argument("--resolutions", nargs="+", type=parse_resolution, default=[(640, 360), (1280, 720)],
                    help="camera image sizes WxH")
-    p.add_argument("--rate", type=float, default=0.0, help="Hz per camera; 0 = closed loop (as fast as possible)")
     p.add_argument("--input-size", nargs=2, type=int, default=None, metavar=("H", "W"),
                    help="network input (multiples of 32); default 192 320 on CPU, 384 640 on CUDA")
     p.add_argument("--weights", type=Path, default=None,
                    help=f"model file; default {DEFAULT_WEIGHTS.relative_to(REPO_ROOT)} if present, else a random-weight model")
     p.add_argument("--num-classes", type=int, default=5, help="classes of the random-weight model")
-    p.add_argument("--score-threshold", type=float, default=0.3, help="node parameter score_threshold")
+    p.add_argument("--score-threshold", type=float, default=score_threshold, help=f"{what} score_threshold")
+    p.add_argument("--fp16", action="store_true", help=f"{what} fp16 (CUDA only)")
+    p.add_argument("--channels-last", action="store_true", help=f"{what} channels_last (NHWC forward)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+                   help=f"{what} backend (auto = onnxruntime on CPU when installed, else torch)")
+    p.add_argument("--compile", action="store_true",
+                   help=f"{what} compile (torch.compile + CUDA graphs, CUDA only; falls back to eager)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    add_pipeline_args(p, score_threshold=0.3, what="node parameter")
+    p.add_argument("--rate", type=float, default=0.0, help="Hz per camera; 0 = closed loop (as fast as possible)")
     p.add_argument("--max-batch-size", type=int, default=8, help="node parameter max_batch_size")
     p.add_argument("--max-batch-latency-ms", type=float, default=5.0, help="node parameter max_batch_latency_ms")
-    p.add_argument("--fp16", action="store_true", help="node parameter fp16 (CUDA only)")
-    p.add_argument("--channels-last", action="store_true", help="node parameter channels_last (NHWC forward)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
-                   help="node parameter backend (auto = onnxruntime on CPU when installed, else torch)")
-    p.add_argument("--compile", action="store_true",
-                   help="node parameter compile (torch.compile + CUDA graphs, CUDA only; the node falls back to eager)")
     p.add_argument("--duration", type=float, default=6.0, help="measured seconds per configuration")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of traffic before measuring")
     p.add_argument("--loop-timeout", type=float, default=2.0, help="closed loop: resend after this many seconds")
