@@ -257,18 +257,20 @@ def soft_nms_numpy(
     else:
         raise ValueError(f"method must be one of {NMS_METHODS}, got {method!r}")
     decay[np.arange(n), np.arange(n)] = 0.0  # a kept box's own factor: never picked again
-    picks = np.empty(steps, dtype=np.int64)
-    kept = np.empty(steps, dtype=np.float32)
-    m = 0
+    # the pick loop on Python scalars (float32 values are exact as floats; the threshold is compared as
+    # float32, as torch compares a tensor with a Python number): ~2 numpy calls per pick, up to 100 picks
+    thr = float(np.float32(score_threshold))
+    picks: list[int] = []
+    kept: list[float] = []
     for _ in range(steps):
         i = int(s.argmax())  # first index of the maximum, as torch's max
-        v = s[i]
-        if not v > score_threshold:
+        v = s.item(i)
+        if not v > thr:
             break  # scores only decrease: no valid row can follow
-        picks[m], kept[m] = i, v
-        m += 1
+        picks.append(i)
+        kept.append(v)
         s *= decay[i]
-    return order[picks[:m]], kept[:m]
+    return order[np.array(picks, dtype=np.int64)], np.array(kept, dtype=np.float32)
 
 
 def soft_nms(

@@ -280,6 +280,53 @@ def test_bad_inputs_are_rejected_and_the_node_keeps_answering(start_detector, ma
     assert "Traceback" not in err
 
 
+def test_onnxruntime_failures_fall_back_to_torch_with_one_log_line(start_detector, make_node, spin_until, capfd,
+                                                                   monkeypatch):
+    import centernet_ros.detector as detector_module
+
+    class BrokenAtStart:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("no such provider")
+
+    class BrokenAtRunTime:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, x):
+            raise RuntimeError("ort exploded")
+
+    monkeypatch.setattr(detector_module, "_OrtForward", BrokenAtStart)
+    det = start_detector("det_a", backend="onnxruntime")
+    assert det._detector.backend == "torch" and det._detector.backend_error == "RuntimeError: no such provider"
+    err = capfd.readouterr().err
+    assert err.count("onnxruntime backend unavailable, using torch: RuntimeError: no such provider") == 1, err
+    det.close()
+
+    monkeypatch.setattr(detector_module, "_OrtForward", BrokenAtRunTime)
+    det = start_detector("det_b", backend="onnxruntime", diagnostics_period=0.2)
+    assert det._detector.backend == "onnxruntime"
+    io = make_node("tester")
+    pub = io.create_publisher(Image, "/cam0/image_raw", RELIABLE)
+    out = Listener(io, Detection2DArray, "/cam0/detections")
+    diags = Listener(io, DiagnosticArray, "/diagnostics")
+    for k in (1, 2):  # the first frame hits the failure and is still answered (by torch); so is the next
+        assert publish_until(spin_until, pub, image_msg(scene(), stamp=(k, 0)), lambda: len(out.msgs) >= k, det, io)
+    assert all(len(m.detections) >= 1 for m in out.msgs)
+    assert det._detector.backend == "torch" and det.stats()["cameras"]["/cam0/image_raw"]["processed"] == len(out.msgs)
+
+    def diag():
+        for arr in reversed(diags.msgs):
+            for st in arr.status:
+                if st.name.endswith("det_b: detector"):
+                    return st.hardware_id, {kv.key: kv.value for kv in st.values}
+        return None, {}
+
+    assert spin_until(lambda: diag()[1].get("backend_error") == "RuntimeError: ort exploded", det, io, timeout=TIMEOUT)
+    assert diag()[0] == "cpu (torch)"
+    log = [line for line in capfd.readouterr().err.splitlines() if "[ERROR]" in line and "ort exploded" in line]
+    assert len(log) == 1 and "onnxruntime forward failed, using torch from now on" in log[0], log
+
+
 def test_best_effort_and_reliable_publishers_with_default_qos(start_detector, make_node, spin_until):
     det = start_detector(camera_topics=["/cam0/image_raw", "/cam1/image_raw"])
     assert det.get_parameter("qos_reliability").value == "best_effort"

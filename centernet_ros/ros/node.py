@@ -29,6 +29,7 @@ import posixpath
 import sys
 import threading
 import time
+import warnings
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,7 @@ class DetectorNode(LifecycleNode):
         self._error = ""  # last configure / activate failure (shown in the diagnostics)
         self._cams: list[_Camera] = []
         self._detector: Detector | None = None
+        self._fallbacks_logged: set[str | None] = set()  # fast-path failures already in the log
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._label_pub = None
@@ -439,21 +441,26 @@ class DetectorNode(LifecycleNode):
             torch.set_num_threads(threads)
         cfg_size = None if list(s.input_size) == [0, 0] else (int(s.input_size[0]), int(s.input_size[1]))
         try:
-            detector = Detector(
-                DetectorConfig(
-                    weights=str(self._weights_path), device=s.device, input_size=cfg_size, fp16=s.fp16,
-                    channels_last=s.channels_last, compile=s.compile, backend=s.backend,
-                ),
-                decode=self._decode_cfg,
-            )
+            with warnings.catch_warnings(record=True) as caught:  # the Detector's fallback warnings -> ROS log
+                detector = Detector(
+                    DetectorConfig(
+                        weights=str(self._weights_path), device=s.device, input_size=cfg_size, fp16=s.fp16,
+                        channels_last=s.channels_last, compile=s.compile, backend=s.backend,
+                    ),
+                    decode=self._decode_cfg,
+                )
         except Exception as exc:
             return self._fail("cannot load the model", exc)
+        for w in caught:
+            if issubclass(w.category, RuntimeWarning):  # ours, e.g. "onnxruntime backend unavailable, using torch: ..."
+                self.get_logger().warning(str(w.message))
+            else:  # library warnings (export, tracing) go where they went before
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         if s.fp16 and not detector.fp16:
             self.get_logger().warning(
                 f"fp16 requested but the forward pass runs on {detector.device} ({detector.backend}): running in fp32"
             )
-        if detector.backend_error:
-            self.get_logger().warning(f"onnxruntime backend unavailable, using torch: {detector.backend_error}")
+        self._fallbacks_logged = {detector.backend_error, detector.compile_error}  # logged above, if any
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=int(s.qos_depth),
@@ -704,6 +711,7 @@ class DetectorNode(LifecycleNode):
         t1 = time.perf_counter()
         results = detector.detect([g[3].array for g in good], orders=[g[3].order for g in good])
         t2 = time.perf_counter()
+        self._log_fallbacks(detector)
         annotate = 0.0
         for (cam, msg, t, raw), det in zip(good, results):
             out = detections_to_msg(msg.header, det.boxes, det.scores, det.labels)
@@ -731,6 +739,14 @@ class DetectorNode(LifecycleNode):
             sums["publish"] += t3 - t2 - annotate
             sums["annotate"] += annotate
             self._stage_batches += 1
+
+    def _log_fallbacks(self, detector: Detector) -> None:
+        """Log once when the forward pass left a fast path at run time (it goes on, slower but correct)."""
+        for what, err in (("onnxruntime forward failed, using torch from now on", detector.backend_error),
+                          ("torch.compile path disabled, running eagerly", detector.compile_error)):
+            if err and err not in self._fallbacks_logged:
+                self._fallbacks_logged.add(err)
+                self.get_logger().error(f"{what}: {err}")
 
     # ---------------------------------------------------------------- diagnostics
 
@@ -793,6 +809,8 @@ class DetectorNode(LifecycleNode):
             values[f"{stage}_ms_per_batch"] = f"{ms:.2f}"
         if detector is not None and detector.backend_error:  # onnxruntime requested or failed: torch runs
             values["backend_error"] = detector.backend_error
+        if detector is not None and detector.compile_error:  # torch.compile failed: the eager model runs
+            values["compile_error"] = detector.compile_error
         for topic, c in st["cameras"].items():
             for key in ("received", "processed", "dropped", "rejected"):
                 values[f"{topic} {key}"] = str(c[key])
