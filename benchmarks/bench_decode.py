@@ -41,6 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    add_decode_plan_arg,
+    set_decode_plan,
     run_script,
     add_common_args,
     environment,
@@ -86,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nms", default="soft", choices=NMS_CHOICES)
     p.add_argument("--no-host-sync", action="store_true",
                    help="DecodeConfig(host_sync=False): the sync-free tensor path (CUDA graphs / async pipelines)")
+    add_decode_plan_arg(p)
     p.add_argument("--weights", type=Path, default=None, help="model source: trained .safetensors file")
     p.add_argument("--images", type=Path, default=None, help="model source: folder of images (jpg/png)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls of each decoder")
@@ -222,6 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setup_threads(args.threads)
     device = resolve_device(args.device)
     cfg = DecodeConfig(topk=args.topk, nms=args.nms, host_sync=not args.no_host_sync)
+    plan = set_decode_plan(device, args.decode_plan, host_sync=cfg.host_sync)
     gen = torch.Generator().manual_seed(args.seed)
     rows = []
     for b in args.batch_sizes:
@@ -262,7 +266,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  B={b}: decode {row['ours_ms_per_img']:.2f} ms/img, reference {row['ref_ms_per_img']:.1f} ms/img, "
               f"x{row['speedup']:.1f} (back to back x{row['speedup_warm']:.1f}), match={row['match']}",
               file=sys.stderr, flush=True)
-    config = {"decode_config": repr(cfg), "source": args.source, "size": args.size, "objects": args.objects,
+    config = {"decode_config": repr(cfg), "decode_plan": plan,
+              "source": args.source, "size": args.size, "objects": args.objects,
               "weights": str(args.weights) if args.weights else None, "images": str(args.images) if args.images else None,
               "warmup": args.warmup, "repeats": args.repeats,
               "atol": args.atol, "seed": args.seed}
@@ -272,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     cfg = result["config"]
     lines = ["## Decoder speed (issue 6: target speed-up >= 10 at K = 70 on CPU)", "", format_env(result["env"]), "",
-             f"`{cfg['decode_config']}`", "",
+             f"`{cfg['decode_config']}`, plan: {cfg.get('decode_plan', '?')}", "",
              f"source {cfg['source']}, input {cfg['size']}, {cfg['objects']} objects/img (synthetic); "
              f"median of {cfg['repeats']} interleaved repeats (ours, reference, ours, ...: each call finds the "
              f"caches as the other left them; the target is judged on these), then {cfg['repeats']} "

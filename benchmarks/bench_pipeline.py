@@ -34,11 +34,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     add_common_args,
+    add_decode_plan_arg,
     environment,
     format_env,
     format_table,
     resolve_device,
     run_script,
+    set_decode_plan,
     setup_threads,
 )
 from bench_ros import DEFAULT_VIDEO, REPO_ROOT, add_pipeline_args, load_frames, prepare_weights  # noqa: E402
@@ -61,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     add_pipeline_args(p, score_threshold=0.15, what="detector setting")  # 0.15: the node's default
+    add_decode_plan_arg(p)
     p.add_argument("--iters", type=int, default=None, help="timed batches per row (default: 20 CPU, 300 CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed batches per row (default: 2 CPU, 30 CUDA)")
     p.add_argument("--video", type=Path, default=BUNDLED_VIDEO if BUNDLED_VIDEO.is_file() else DEFAULT_VIDEO,
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setup_threads(args.threads)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
+    plan = set_decode_plan(device, args.decode_plan)
     input_size = tuple(args.input_size) if args.input_size else ((384, 640) if cuda else (192, 320))
     iters = args.iters if args.iters is not None else (300 if cuda else 20)
     warmup = args.warmup if args.warmup is not None else (30 if cuda else 2)
@@ -125,7 +129,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "input_size": list(input_size), "weights": weights_desc, "score_threshold": args.score_threshold,
         "fp16": fp16, "channels_last": args.channels_last, "compile": args.compile, "compiled": compiled,
         "compile_error": compile_error, "backend": backend, "backend_requested": args.backend,
-        "backend_error": backend_error, "iters": iters, "warmup": warmup, "video": str(args.video),
+        "backend_error": backend_error, "decode_plan": plan, "iters": iters, "warmup": warmup,
+        "video": str(args.video),
     }
     return {"env": environment(device, script=__file__, argv=args.argv), "config": config, "rows": rows}
 
@@ -136,7 +141,8 @@ def report(result: dict[str, Any]) -> str:
              f"input {cfg['input_size'][0]}x{cfg['input_size'][1]} (HxW), model: {cfg['weights']}, backend "
              f"{cfg['backend']} (asked: {cfg['backend_requested']}), fp16 {cfg['fp16']}, channels_last "
              f"{cfg['channels_last']}, compile {cfg['compile']} (active: {cfg['compiled']}), score_threshold "
-             f"{cfg['score_threshold']}; {cfg['warmup']} warm-up + {cfg['iters']} timed batches per row, closed loop", "",
+             f"{cfg['score_threshold']}, decode plan {cfg.get('decode_plan', '?')}; {cfg['warmup']} warm-up + "
+             f"{cfg['iters']} timed batches per row, closed loop", "",
              format_table(result["rows"], COLUMNS), "",
              "latency: one batch's Detector.detect (upload, letterbox, forward, decode, host copy) = the latency of "
              "each of its frames; frames/s = cameras x batches/s."]

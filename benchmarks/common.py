@@ -28,6 +28,7 @@ __all__ = [
     "REPO_ROOT",
     "Timing",
     "add_common_args",
+    "add_decode_plan_arg",
     "autocast_context",
     "command_line",
     "cpu_name",
@@ -36,6 +37,7 @@ __all__ = [
     "format_table",
     "resolve_device",
     "resolve_precisions",
+    "set_decode_plan",
     "setup_threads",
     "synchronize",
     "time_callable",
@@ -51,6 +53,27 @@ if str(REPO_ROOT) not in sys.path:  # allow `python benchmarks/bench_x.py` from 
 from centernet_ros.detector import resolve_device  # noqa: E402,F401  (re-exported for the scripts)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def add_decode_plan_arg(parser) -> None:
+    """``--decode-plan``: where a host_sync decode runs (``centernet_ros.decode.HOST_SYNC_PLANS``)."""
+    from centernet_ros.decode import HOST_SYNC_PLANS
+
+    parser.add_argument("--decode-plan", default=None, choices=HOST_SYNC_PLANS,
+                        help="where a host_sync decode runs on this device (default 'host' on CPU, 'copy' on CUDA: "
+                             "keypoints on the GPU, one copy, the rest in numpy; 'device': the tensor path)")
+
+
+def set_decode_plan(device: torch.device, plan: str | None, *, host_sync: bool = True) -> str:
+    """Use ``plan`` (a ``decode.HOST_SYNC_PLANS`` entry; None: the default) for host_sync decodes on
+    ``device`` in this process; returns what a decode there runs (for the report)."""
+    from centernet_ros import decode as _decode
+
+    if plan == "host" and device.type != "cpu":
+        raise SystemExit(f"--decode-plan host needs --device cpu, got {device}")
+    if plan is not None:
+        _decode._HOST_SYNC_PLAN[device.type] = plan
+    return _decode._HOST_SYNC_PLAN.get(device.type, "copy") if host_sync else "device, sync-free"
 
 
 def add_common_args(parser) -> None:

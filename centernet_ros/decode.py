@@ -15,15 +15,19 @@ Test procedure of "CenterNet: Keypoint Triplets for Object Detection" (Duan et a
 4. score threshold, per-class soft / hard / no NMS, best ``max_per_image``;
 5. undo the letterbox (``orig = (input_px - offset) / scale``) and clip to the original image.
 
-Two implementations with bit-identical results (``test_decode.py`` compares them):
+Two implementations with bit-identical results on the CPU (``test_decode.py`` compares them):
 
-- batched tensor code (CUDA, or ``host_sync=False``).  With ``DecodeConfig.host_sync`` (default) two
-  device->host reads size tensors by their content (the number of valid pairs, the number of NMS
-  candidates); ``host_sync=False`` gives the same results without any sync (CUDA graphs, async pipelines);
-- on the CPU with ``host_sync``: the heatmap passes (sigmoid, peak test, block maxima) as tensor ops,
-  everything after them in numpy per image (``_peak_topk_numpy``, ``_assemble_keypoints_numpy``,
-  ``_pairs_to_detections_numpy``, ``box_ops.soft_nms_numpy``): after the top-k everything is small, and a
-  numpy call costs about a microsecond against several for a torch op.
+- batched tensor code on the outputs' device (``host_sync=False``, or the plan "device").  It is
+  sync-free with ``host_sync=False`` (CUDA graphs, async pipelines); the plan "device" reads two sizes
+  (the number of valid pairs, the number of NMS candidates) back to the host to skip empty work;
+- numpy per image on the host (``_pairs_to_detections_numpy``, ``box_ops.soft_nms_numpy``): after the
+  top-k keypoints everything is small, and a numpy call costs about a microsecond against several for a
+  torch op (and tens of microseconds for a handful of small CUDA kernel launches).  With ``host_sync``
+  (default) this is where a decode ends: on the CPU the heatmap passes (sigmoid, peak test, block
+  maxima) are tensor ops and the top-k selection is numpy too (``_peak_topk_numpy``,
+  ``_assemble_keypoints_numpy``: plan "host"); on a GPU the heatmap passes and the top-k run there and
+  the keypoints come to the host in one copy (plan "copy", ``_keypoints_to_host``).  ``_HOST_SYNC_PLAN``
+  holds the plan per device type.
 
 ``reference_decode.py`` is a straightforward per-image numpy version for tests and the benchmark.
 
@@ -128,9 +132,17 @@ def _empty(B: int, D: int, device: torch.device) -> Detections:
 # cache-resident and its scratch allocations stay small (no fresh pages from the OS per call).
 _CPU_PASS_ELEMS = 1 << 20
 _CPU_GROUP_ELEMS = 1 << 18
-# CPU with host_sync: pairs, centre check and NMS per image in numpy (``_pairs_to_detections_numpy``),
-# bit-identical to the tensor path; tests switch it off to run the tensor path's host_sync branch on CPU.
-_NUMPY_ON_CPU = True
+# GPU: all maps of a batch in one pass up to this many values (256 MiB of float32 scratch), else one per map.
+_DEVICE_PASS_ELEMS = 1 << 26
+# Where a decode with host_sync runs, by device type (all plans give bit-identical results):
+#   "host":   CPU only: the heatmap passes as tensor ops, the top-k selection and everything after it in numpy;
+#   "copy":   heatmap passes and top-k keypoints on the device, one copy of the keypoints (a few KB) to the
+#             host, pairs / centre check / NMS / letterbox undo in numpy (one sync instead of the tensor
+#             path's two, and none of its hundreds of small kernel launches at small batches);
+#   "device": the batched tensor path on the device (two syncs: pair count, NMS candidates).
+# Tests and benchmarks switch plans here (bench_decode.py --decode-plan).
+HOST_SYNC_PLANS = ("host", "copy", "device")
+_HOST_SYNC_PLAN = {"cpu": "host", "cuda": "copy"}
 
 
 def _max_filter3_numpy(heat: Tensor) -> Tensor:
@@ -304,8 +316,8 @@ def _topk_keypoints(
     """Peaks of each ``Tensor[B, C, H, W]`` logit map in ``heats`` -> top-k keypoints with offsets
     from the matching ``regrs`` ``Tensor[B, 2, H, W]``.
 
-    Peaks and scores come from the float32 sigmoid, as in the per-image reference.  CUDA: one pass
-    per map.  CPU: passes of at most ``_CPU_PASS_ELEMS`` values (several small maps joined, or a
+    Peaks and scores come from the float32 sigmoid, as in the per-image reference.  GPU: all maps in
+    one pass (one per map above ``_DEVICE_PASS_ELEMS`` values).  CPU: passes of at most ``_CPU_PASS_ELEMS`` values (several small maps joined, or a
     large one cut into images / groups of class maps), so each pass stays in the cache; the top-k
     of the class groups of one image are merged exactly (the image's top-k is among them).
     ``host`` (CPU only): the sigmoid, peak test and block maxima stay torch passes, the selection
@@ -315,10 +327,12 @@ def _topk_keypoints(
     nm = len(heats)
     dev = heats[0].device
     HW = H * W
-    if dev.type != "cpu":
-        passes = [[(i, 0, B, 0, C)] for i in range(nm)]
-    else:
+    if dev.type == "cpu":
         passes = _cpu_pieces(nm, B, C, HW)
+    elif nm * B * C * HW <= _DEVICE_PASS_ELEMS:  # all maps in one pass: a third of the kernel launches
+        passes = [[(i, 0, B, 0, C) for i in range(nm)]]
+    else:
+        passes = [[(i, 0, B, 0, C)] for i in range(nm)]
     scores, inds = [], []
     for parts in passes:
         n = sum(b1 - b0 for _, b0, b1, _, _ in parts)
@@ -588,6 +602,59 @@ def _pairs_to_detections_numpy(
     return out_boxes, out_scores, out_labels
 
 
+def _keypoints_to_host(
+    kps: list[_Keypoints], outputs: Mapping[str, Tensor], scale: Tensor | None, offset: Tensor | None,
+    orig_size: Tensor | None,
+) -> tuple[list[_Keypoints], np.ndarray, np.ndarray, list[np.ndarray | None]]:
+    """Plan "copy": device keypoints ``[B, K]`` of each map, their corner tags and the letterbox
+    parameters -> numpy, in one device -> host copy (one float32 ``Tensor[B, F]``; labels and the
+    parameters are exact in float32).  Returns the keypoints (``pix`` dropped: the tags are gathered
+    already), tl / br tags ``ndarray[B, K]`` and [scale, offset, orig_size] (None where not given)."""
+    B, K = kps[0].scores.shape
+    H, W = outputs["tl_tag"].shape[-2:]
+    tags = [outputs[f"{t}_tag"].reshape(B, H * W).gather(1, kp.pix).float() for t, kp in zip(("tl", "br"), kps)]
+    cols = [t for kp in kps for t in (kp.scores, kp.labels.float(), kp.xy[..., 0], kp.xy[..., 1])] + tags  # (B, K) each
+    specs = ((scale, 1), (offset, 2), (orig_size, 2))  # (tensor or None, columns)
+    cols += [t.reshape(B, w).float() for t, w in specs if t is not None]
+    packed = torch.cat(cols, 1).cpu().numpy()  # (B, F): the one copy (and sync)
+    host = []
+    for i in range(len(kps)):
+        s, l, x, y = (packed[:, (4 * i + j) * K : (4 * i + j + 1) * K] for j in range(4))
+        host.append(_Keypoints(s, l.astype(np.int64), np.stack([x, y], -1), None))
+    at = 4 * len(kps) * K
+    tl_tag, br_tag = packed[:, at : at + K], packed[:, at + K : at + 2 * K]
+    at += 2 * K
+    out: list[np.ndarray | None] = []
+    for t, w in specs:
+        if t is None:
+            out.append(None)
+            continue
+        out.append(packed[:, at : at + w].reshape(t.shape))
+        at += w
+    return host, tl_tag, br_tag, out
+
+
+def _finish_numpy(
+    dets: tuple[np.ndarray, np.ndarray, np.ndarray], scale: np.ndarray | None, offset: np.ndarray | None,
+    orig_size: np.ndarray | None,
+) -> Detections:
+    """Boxes ``ndarray[B, D, 4]``, scores, labels of ``_pairs_to_detections_numpy`` -> CPU
+    :class:`Detections`, the letterbox undone as ``preprocess.boxes_to_original`` does it."""
+    boxes, scores, labels = dets
+    valid = labels >= 0  # (B, D)
+    if offset is not None or scale is not None or orig_size is not None:
+        if offset is not None:
+            boxes = boxes - np.tile(offset, 2)[:, None, :]
+        if scale is not None:
+            boxes = boxes / scale[:, None, None]
+        if orig_size is not None:
+            upper = np.stack([orig_size[:, 1], orig_size[:, 0], orig_size[:, 1], orig_size[:, 0]], 1)[:, None, :]
+            boxes = np.minimum(np.maximum(boxes, np.float32(0)), upper)  # (B, D, 4) clipped to (w, h)
+        boxes[~valid] = 0.0
+    return Detections(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels),
+                      torch.from_numpy(valid.sum(1)))
+
+
 def _as_batch(t: Tensor | None, B: int, shape: tuple[int, ...], name: str, device: torch.device) -> Tensor | None:
     if t is None:
         return None
@@ -605,6 +672,7 @@ def decode(
     scale: Tensor | None = None,
     offset: Tensor | None = None,
     orig_size: Tensor | None = None,
+    host_ok: bool = False,
 ) -> Detections:
     """Decode CenterNet-triplet head outputs into per-image detections.
 
@@ -616,9 +684,12 @@ def decode(
         scale: ``Tensor[B]`` letterbox scale; offset: ``Tensor[B, 2]`` (x, y) letterbox padding;
             orig_size: ``Tensor[B, 2]`` (h, w) to clip to.  Without them boxes stay in
             network-input pixels.
+        host_ok: the caller takes CPU tensors: a decode that finishes on the host (``host_sync`` on a
+            GPU, see ``_HOST_SYNC_PLAN``) returns them there instead of copying them back.
 
     Returns:
-        :class:`Detections` with ``D = cfg.max_per_image`` rows per image, on the outputs' device.
+        :class:`Detections` with ``D = cfg.max_per_image`` rows per image, on the outputs' device
+        (or on the CPU, with ``host_ok``).
     """
     cfg = DecodeConfig() if cfg is None else cfg
     keys = ["tl_heat", "br_heat", "tl_tag", "br_tag", "tl_regr", "br_regr"]
@@ -646,28 +717,22 @@ def decode(
     K = min(cfg.topk, C * H * W)
     triplet = cfg.mode == "triplet"
     kinds = ("tl", "br", "ct") if triplet else ("tl", "br")
-    host = cfg.host_sync and dev.type == "cpu" and _NUMPY_ON_CPU
+    plan = _HOST_SYNC_PLAN.get(dev.type, "copy") if cfg.host_sync else "device"
+    if plan == "host" and dev.type != "cpu":
+        raise ValueError(f"decode plan 'host' needs CPU outputs, got {dev}")
     heats, regrs = [outputs[f"{t}_heat"] for t in kinds], [outputs[f"{t}_regr"] for t in kinds]
-    kps = _topk_keypoints(heats, regrs, K, cfg.kernel, host=host)
+    kps = _topk_keypoints(heats, regrs, K, cfg.kernel, host=plan == "host")
     tl, br = kps[0], kps[1]
-    if host:
+    if plan == "host":
         rows = np.arange(B)[:, None]  # (B, 1)
         tl_tag = outputs["tl_tag"].float().numpy().reshape(B, H * W)[rows, tl.pix]  # (B, K)
         br_tag = outputs["br_tag"].float().numpy().reshape(B, H * W)[rows, br.pix]
-        boxes, scores, labels = _pairs_to_detections_numpy(kps, tl_tag, br_tag, cfg)
-        valid = labels >= 0  # (B, D)
-        if offset is not None or scale is not None or orig_size is not None:  # as boxes_to_original
-            if offset is not None:
-                boxes = boxes - np.tile(offset.numpy(), 2)[:, None, :]
-            if scale is not None:
-                boxes = boxes / scale.numpy()[:, None, None]
-            if orig_size is not None:
-                hw = orig_size.numpy()
-                upper = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]  # (B, 1, 4)
-                boxes = np.minimum(np.maximum(boxes, np.float32(0)), upper)
-            boxes[~valid] = 0.0
-        return Detections(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels),
-                          torch.from_numpy(valid.sum(1)))
+        host_params = [None if t is None else t.numpy() for t in (scale, offset, orig_size)]
+    elif plan == "copy":
+        kps, tl_tag, br_tag, host_params = _keypoints_to_host(kps, outputs, scale, offset, orig_size)
+    if plan != "device":
+        det = _finish_numpy(_pairs_to_detections_numpy(kps, tl_tag, br_tag, cfg), *host_params)
+        return det if host_ok or dev.type == "cpu" else Detections(*(t.to(dev) for t in det))
     else:
         tl_tag = outputs["tl_tag"].reshape(B, H * W).gather(1, tl.pix)  # (B, K)
         br_tag = outputs["br_tag"].reshape(B, H * W).gather(1, br.pix)

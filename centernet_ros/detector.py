@@ -6,8 +6,9 @@ D detections of one image (<= ``DecodeConfig.max_per_image``).
 ``Detector.detect`` takes a list of ``uint8[H, W, Ch]`` arrays of any sizes and colour orders
 (zero-copy views are fine, strided rows included), uploads them, converts the colour order, letterboxes
 and normalises on the device (``preprocess.letterbox``), runs one forward pass for the whole batch,
-decodes on the device (``decode.decode``) and returns boxes in each image's original pixels. The only
-device -> host copy is one transfer of the decoded detections per batch.
+decodes (``decode.decode``) and returns boxes in each image's original pixels. On a GPU the heatmap
+passes and the top-k keypoints run on the device, then one device -> host copy per batch (the keypoints,
+a few KB) and the small rest (pairs, centre check, soft-NMS, letterbox undo) on the host in numpy.
 """
 from __future__ import annotations
 
@@ -248,9 +249,9 @@ class Detector:
             if self.model is None:
                 raise RuntimeError("detector is closed")
             outputs = self._forward(x)
-        det = decode(outputs, cfg, scale=params.scale, offset=params.offset, orig_size=params.orig_size)
+        det = decode(outputs, cfg, scale=params.scale, offset=params.offset, orig_size=params.orig_size, host_ok=True)
         packed = torch.cat([det.boxes.float(), det.scores.float().unsqueeze(-1), det.labels.float().unsqueeze(-1)], -1)
-        packed = packed.cpu().numpy()  # (B, D, 6): one device -> host copy per batch
+        packed = packed.cpu().numpy()  # (B, D, 6); already on the host unless the decode plan is "device"
         out = []
         for row in packed:  # per image (B is small); boxes are never looped over
             row = row[row[:, 5] >= 0]  # (D_i, 6) valid rows (label -1 = empty slot)

@@ -206,6 +206,26 @@ def test_bench_decode_smoke(tmp_path, capsys):
     assert all(r["dets_per_img"] > 0 for r in data["rows"])  # the synthetic objects are found
 
 
+def test_bench_decode_plans(tmp_path, monkeypatch, capsys):
+    """--decode-plan picks where a host_sync decode runs (the GPU's 'copy' plan runs on a CPU too); the
+    report and JSON say which one ran; 'host' is refused on a non-CPU device."""
+    from centernet_ros import decode as decode_module
+
+    bench_decode = importlib.import_module("bench_decode")
+    monkeypatch.setattr(decode_module, "_HOST_SYNC_PLAN", dict(decode_module._HOST_SYNC_PLAN))  # restored after
+    for plan in ("copy", "device"):
+        path = tmp_path / f"{plan}.json"
+        rc = bench_decode.main(["--device", "cpu", "--batch-sizes", "2", "--size", "128", "--num-classes", "3",
+                                "--objects", "4", "--topk", "12", "--warmup", "0", "--repeats", "1",
+                                "--decode-plan", plan, "--json", str(path)])
+        assert rc == 0
+        data = json.loads(path.read_text())
+        assert data["config"]["decode_plan"] == plan and data["rows"][0]["match"] == "yes"
+        assert f"plan: {plan}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="needs --device cpu"):
+        bench_decode.set_decode_plan(torch.device("cuda"), "host")
+
+
 def test_bench_decode_model_source(capsys):
     bench_decode = importlib.import_module("bench_decode")
     rc = bench_decode.main(["--device", "cpu", "--source", "model", "--batch-sizes", "1", "--size", "64",

@@ -317,7 +317,8 @@ def test_host_sync_and_max_per_image_do_not_change_results():
 @pytest.mark.parametrize("mode", ["triplet", "pairs"])
 def test_cpu_numpy_path_is_bit_identical_to_the_tensor_paths(monkeypatch, nms, mode):
     """On the CPU with host_sync the decoder runs numpy after the heatmap passes; the batched tensor
-    code (CUDA, host_sync=False, and its host_sync branch) must give exactly the same Detections."""
+    code (host_sync=False, and its host_sync branch) and the GPU's plan (tensor keypoints, copied to the
+    host, then numpy) must give exactly the same Detections."""
     cases = [
         (random_outputs(B=3, C=4, H=24, W=20, seed=21), DecodeConfig(nms=nms, mode=mode)),
         (random_outputs(B=2, C=2, H=20, W=28, seed=22, sparse=True),
@@ -337,24 +338,59 @@ def test_cpu_numpy_path_is_bit_identical_to_the_tensor_paths(monkeypatch, nms, m
         kw = dict(scale=p.scale[:B], offset=p.offset[:B], orig_size=p.orig_size[:B]) if i % 2 == 0 else {}
         host = decode(out, cfg, **kw)
         no_sync = decode(out, dataclasses.replace(cfg, host_sync=False), **kw)
-        with monkeypatch.context() as m:
-            m.setattr(decode_module, "_NUMPY_ON_CPU", False)
-            tensor_sync = decode(out, cfg, **kw)
-        for other in (no_sync, tensor_sync):
+        others = [no_sync]
+        for plan in ("copy", "device"):  # the GPU's plan (keypoints copied to the host), the tensor path's sync branch
+            with monkeypatch.context() as m:
+                m.setitem(decode_module._HOST_SYNC_PLAN, "cpu", plan)
+                others.append(decode(out, cfg, **kw))
+        for other in others:
             assert all(torch.equal(a, b) for a, b in zip(host, other)), (i, nms, mode)
         assert host.num.sum() > 0, i
         check_layout(host, B, cfg.max_per_image)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cpu_numpy_path_with_half_precision_outputs(dtype):
-    """fp16 / bf16 head outputs (CPU autocast, fp16 models) take the numpy path too: same results as the
+def test_cpu_numpy_path_with_half_precision_outputs(monkeypatch, dtype):
+    """fp16 / bf16 head outputs (CPU autocast, fp16 models) take the numpy paths too: same results as the
     tensor path, and numpy never sees a dtype it cannot hold (bf16)."""
     out = {k: v.to(dtype) for k, v in random_outputs(B=2, seed=25).items()}
     host = decode(out, DecodeConfig())
     tensor = decode(out, DecodeConfig(host_sync=False))
-    assert all(torch.equal(a, b) for a, b in zip(host, tensor))
+    monkeypatch.setitem(decode_module._HOST_SYNC_PLAN, "cpu", "copy")  # the GPU plan (fp16 models run there)
+    copied = decode(out, DecodeConfig())
+    for other in (tensor, copied):
+        assert all(torch.equal(a, b) for a, b in zip(host, other))
     assert host.boxes.dtype == torch.float32 and host.num.min() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_decode_plans_and_where_the_detections_end_up(monkeypatch, device):
+    """host_sync on a GPU: keypoints on the device, one copy, the rest on the host; the detections go back
+    to the outputs' device unless the caller takes CPU tensors (host_ok).  Every plan, same detections."""
+    out = to(random_outputs(B=2, seed=26), device)
+    p = letterbox_params([(72, 128), (96, 80)], (96, 80))
+    kw = dict(scale=p.scale.to(device), offset=p.offset.to(device), orig_size=p.orig_size.to(device))
+    base = decode(out, DecodeConfig(), **kw)
+    assert all(t.device.type == device for t in base)
+    plans = ["copy", "device"] + (["host"] if device == "cpu" else [])
+    for plan in plans:
+        monkeypatch.setitem(decode_module._HOST_SYNC_PLAN, device, plan)
+        on_dev = decode(out, DecodeConfig(), **kw)
+        on_host = decode(out, DecodeConfig(), host_ok=True, **kw)
+        assert all(t.device.type == device for t in on_dev), plan
+        assert all(t.device.type == ("cpu" if plan != "device" else device) for t in on_host), plan
+        assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(on_dev, on_host)), plan
+        if device == "cpu":  # bit-identical; on a GPU the host's float32 ops and exp may differ in the last bit
+            assert all(torch.equal(a, b) for a, b in zip(base, on_dev)), plan
+        else:
+            assert torch.equal(base.num, on_dev.num) and torch.equal(base.labels, on_dev.labels), plan
+            assert torch.allclose(base.boxes, on_dev.boxes, atol=1e-3), plan
+            assert torch.allclose(base.scores, on_dev.scores, atol=1e-5), plan
+    assert base.num.min() > 0
+    if device != "cpu":
+        monkeypatch.setitem(decode_module._HOST_SYNC_PLAN, device, "host")
+        with pytest.raises(ValueError, match="'host' needs CPU outputs"):
+            decode(out, DecodeConfig())
 
 
 # ----------------------------------------------------------------------------- dtypes, devices, empty
