@@ -402,10 +402,14 @@ def test_newest_frame_wins_batches_and_diagnostics(start_detector, make_node, sp
 
 
 def test_lifecycle_and_missing_weights(start_detector, make_node, spin_until, tmp_path):
+    import gc
+
     det = start_detector()
     assert det.state == "active" and det._detector is not None
+    assert gc.get_freeze_count() > 0  # the long-lived objects are out of the cyclic GC's way while active
     det.trigger_deactivate()
     assert det.state == "inactive" and det._detector is None  # model freed on deactivate
+    assert gc.get_freeze_count() == 0  # ... and collectable again
     det.trigger_activate()
     io = make_node("tester")
     pub = io.create_publisher(Image, "/cam0/image_raw", RELIABLE)
@@ -542,6 +546,42 @@ def test_video_publisher_frames_and_lockstep(rclpy_context, make_node, spin_unti
             np.testing.assert_array_equal(np.frombuffer(msg.data, np.uint8).reshape(180, 320, 3), ref)
     finally:
         video.destroy_node()
+
+
+def test_frame_reader_decodes_ahead_loops_and_stops(scene_clip):
+    from centernet_ros.ros.video_publisher import _FrameReader
+
+    want = _read_frames(scene_clip)
+    assert len(want) == 6
+    once = _FrameReader(cv2.VideoCapture(str(scene_clip)), loop=False, depth=2)
+    got = [once.read() for _ in range(6)]
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert once.read() is None and once.read() is None  # the end, for good
+    once.close()
+
+    looped = _FrameReader(cv2.VideoCapture(str(scene_clip)), loop=True, depth=3)
+    got = [looped.read() for _ in range(14)]
+    assert all(np.array_equal(g, want[i % 6]) for i, g in enumerate(got))
+    looped.close()
+    assert not looped._thread.is_alive()
+
+    class Unreadable:  # opens, but no frame decodes: looping must not spin forever
+        released = False
+
+        def read(self):
+            return False, None
+
+        def set(self, *args):
+            raise AssertionError("no rewind without a decoded frame")
+
+        def release(self):
+            self.released = True
+
+    cap = Unreadable()
+    empty = _FrameReader(cap, loop=True)
+    assert empty.read(timeout=5.0) is None
+    empty.close()
+    assert cap.released
 
 
 def test_demo_writes_annotated_video_and_summary(tiny_weights, scene_clip, tmp_path):
