@@ -1,7 +1,8 @@
 """Batched CenterNet (Keypoint Triplets) decoding: heatmaps -> boxes, on the outputs' device.
 
 Legend: B batch, C classes, H/W map height/width, K top-k keypoints, N candidate pairs
-(``min(num_dets, K*K)``), D detections per image (``max_per_image``).
+(``min(num_dets, K*K)``), D detections per image (``max_per_image``), F columns of the packed
+keypoints copied to the host (plan "copy").
 
 Test procedure of "CenterNet: Keypoint Triplets for Object Detection" (Duan et al., ICCV 2019):
 
@@ -317,9 +318,10 @@ def _topk_keypoints(
     from the matching ``regrs`` ``Tensor[B, 2, H, W]``.
 
     Peaks and scores come from the float32 sigmoid, as in the per-image reference.  GPU: all maps in
-    one pass (one per map above ``_DEVICE_PASS_ELEMS`` values).  CPU: passes of at most ``_CPU_PASS_ELEMS`` values (several small maps joined, or a
-    large one cut into images / groups of class maps), so each pass stays in the cache; the top-k
-    of the class groups of one image are merged exactly (the image's top-k is among them).
+    one pass (one per map above ``_DEVICE_PASS_ELEMS`` values).  CPU: passes of at most
+    ``_CPU_PASS_ELEMS`` values (several small maps joined, or a large one cut into images / groups of
+    class maps), so each pass stays in the cache; the top-k of the class groups of one image are
+    merged exactly (the image's top-k is among them).
     ``host`` (CPU only): the sigmoid, peak test and block maxima stay torch passes, the selection
     and everything after it is numpy; the keypoints then hold numpy arrays (same values).
     """
