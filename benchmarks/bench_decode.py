@@ -41,14 +41,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    add_decode_plan_arg,
-    set_decode_plan,
-    run_script,
     add_common_args,
+    add_decode_plan_arg,
     environment,
     format_env,
     format_table,
     resolve_device,
+    run_script,
+    set_decode_plan,
     setup_threads,
     time_callable,
     time_interleaved,

@@ -42,7 +42,6 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    run_script,
     add_common_args,
     autocast_context,
     environment,
@@ -50,6 +49,7 @@ from common import (  # noqa: E402
     format_table,
     resolve_device,
     resolve_precisions,
+    run_script,
     setup_threads,
     time_callable,
     time_interleaved,
