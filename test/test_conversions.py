@@ -51,8 +51,10 @@ def _with_padding(pixels: np.ndarray, pad: int) -> tuple[bytes, int]:
 ALL_ENCODINGS = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1", "8UC3", "8UC4"]
 
 
-def test_every_supported_encoding_is_tested():
-    assert {e.lower() for e in ALL_ENCODINGS} == set(ENCODINGS)
+def test_every_8bit_view_encoding_is_tested():
+    """The 8-bit encodings read as views; the others (16-bit, yuv, bayer) are in test_encodings.py."""
+    views = {k for k, e in ENCODINGS.items() if e.kind == "view" and e.depth == 1}
+    assert {e.lower() for e in ALL_ENCODINGS} == views
 
 
 @pytest.mark.parametrize("encoding", ALL_ENCODINGS)
@@ -80,7 +82,7 @@ def test_decode_raw_ignores_bytes_past_the_image():
 @pytest.mark.parametrize(
     "kwargs, data, reason",
     [
-        (dict(height=2, width=2, encoding="yuv422", step=4), b"\x00" * 8, "unsupported encoding"),
+        (dict(height=2, width=2, encoding="jpeg", step=4), b"\x00" * 8, "unsupported encoding"),
         (dict(height=2, width=2, encoding="16UC1", step=4), b"\x00" * 8, "unsupported encoding"),
         (dict(height=0, width=2, encoding="rgb8", step=6), b"", "zero-size"),
         (dict(height=2, width=0, encoding="rgb8", step=0), b"", "zero-size"),
@@ -111,7 +113,7 @@ def test_decode_compressed_matches_imdecode(ext):
     "data, reason",
     [
         (b"", "empty"),
-        (b"not an image at all", "corrupt"),
+        (b"not an image at all", "not a JPEG or PNG"),
         (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "corrupt"),  # JPEG magic, garbage body
     ],
 )
@@ -122,7 +124,7 @@ def test_decode_compressed_rejects_bad_input(data, reason):
 
 def test_decode_compressed_rejects_truncated_png():
     ok, enc = cv2.imencode(".png", _bgr(40, 40))
-    with pytest.raises(ImageConversionError, match="corrupt"):
+    with pytest.raises(ImageConversionError, match="truncated png"):
         decode_compressed(enc.tobytes()[:30])
 
 
@@ -157,6 +159,27 @@ def test_image_msg_round_trip_with_step_padding():
     raw = image_msg_to_array(padded)
     assert np.shares_memory(raw.array, np.frombuffer(padded.data, np.uint8))
     np.testing.assert_array_equal(to_bgr(raw), bgr)
+
+
+def test_image_msg_16bit_big_endian_and_bayer():
+    """``is_bigendian`` of the message picks the high byte; a Bayer message comes back as BGR."""
+    pytest.importorskip("sensor_msgs.msg")
+    from sensor_msgs.msg import Image
+
+    from centernet_ros.ros.conversions import image_msg_to_array
+
+    mono = RNG.integers(0, 256, (4, 6), dtype=np.uint8)
+    msg = Image(height=4, width=6, encoding="mono16", is_bigendian=1, step=12)
+    msg.data = array.array("B", ((mono.astype(np.uint16) << 8) | 0x77).astype(">u2").tobytes())
+    np.testing.assert_array_equal(image_msg_to_array(msg).array[..., 0], mono)
+    msg.is_bigendian = 0  # same bytes read little-endian: the low bytes
+    assert (image_msg_to_array(msg).array == 0x77).all()
+
+    bayer = Image(height=4, width=6, encoding="bayer_rggb8", step=6)
+    tile = np.tile(np.array([[255, 0], [0, 0]], np.uint8), (2, 3))  # red sites only: a red frame
+    bayer.data = array.array("B", tile.tobytes())
+    raw = image_msg_to_array(bayer)
+    assert raw.order == "bgr" and (raw.array[1:3, 1:5] == (0, 0, 255)).all()
 
 
 def test_detections_to_msg_fields_and_empty():

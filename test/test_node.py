@@ -250,7 +250,7 @@ def test_bad_inputs_are_rejected_and_the_node_keeps_answering(start_detector, ma
     out = Listener(io, Detection2DArray, "/cam0/detections")
     good = scene()
     bad_raw = [
-        image_msg(good, encoding="yuv422"),  # unsupported encoding
+        image_msg(good, encoding="32FC1"),  # unsupported encoding (depth)
         image_msg(good, step=100),  # step shorter than a row
         image_msg(good, data=good.tobytes()[:1000]),  # truncated
         image_msg(good, data=b""),  # empty data
@@ -275,7 +275,7 @@ def test_bad_inputs_are_rejected_and_the_node_keeps_answering(start_detector, ma
     assert stamp_of(out.msgs[0]) == (9, 9) and len(out.msgs[0].detections) >= 1
     assert det.stats()["cameras"]["/cam0/image_raw"]["last_reject"].startswith("zero-size")  # the last bad one
     err = capfd.readouterr().err
-    assert "rejected a frame on /cam0/image_raw: unsupported encoding 'yuv422'" in err
+    assert "rejected a frame on /cam0/image_raw: unsupported encoding '32FC1'" in err
     assert "rejected a frame on /cam1/image_raw/compressed" in err
     assert "Traceback" not in err
 

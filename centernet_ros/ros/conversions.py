@@ -2,26 +2,35 @@
 
 Legend: H/W image height/width, Ch channels of the raw encoding, D detections.
 
-Raw images are decoded as zero-copy numpy *views* of ``msg.data`` (row padding from ``step`` is skipped
-with strides, nothing is copied); the colour order stays that of the encoding and is reported next to
-the view, so the colour conversion happens later, on the inference device. ``CompressedImage`` payloads
-(JPEG/PNG) go through ``cv2.imdecode``. Every malformed input raises ``ImageConversionError`` with a
-short reason; nothing here logs.
+Raw images (``encodings``): for rgb8/bgr8/rgba8/bgra8/mono8 and their 16-bit forms a zero-copy numpy
+*view* of ``msg.data`` in the encoding's colour order (the colour conversion happens later, on the
+inference device); yuv422/yuyv/nv12/nv21 and Bayer mosaics are converted to BGR with OpenCV.
+``CompressedImage`` payloads (``image_decode``): JPEG/PNG only, size checked from the header before
+``cv2.imdecode``, stored pixels (EXIF orientation not applied), the decoders' own stderr lines dropped.
+Every malformed input raises ``ImageConversionError`` with a short, bounded reason; nothing here logs.
+``bounded`` cuts any other message-borne string (for logs and /diagnostics).
 
 ROS message types are imported inside the functions that build them, so the array helpers work (and are
 tested) without a ROS installation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from .encodings import ACCEPTED_SUMMARY, ENCODINGS, MAX_TEXT, ImageConversionError, RawImage, bounded, decode_raw
+from .image_decode import MAX_PIXELS, check_compressed, decode_compressed
+
 __all__ = [
+    "ACCEPTED_SUMMARY",
     "ENCODINGS",
+    "MAX_PIXELS",
+    "MAX_TEXT",
     "ImageConversionError",
     "RawImage",
+    "bounded",
+    "check_compressed",
     "decode_raw",
     "image_msg_to_array",
     "compressed_msg_to_array",
@@ -34,101 +43,19 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class _Encoding:
-    channels: int  # Ch: interleaved channels per pixel
-    order: str  # colour order of the channels: "rgb", "bgr", "rgba", "bgra" or "mono"
-
-
-# Supported sensor_msgs/Image encodings (8 bit per channel). OpenCV-style type names are read the
-# way cv_bridge reads them (3 channels = BGR).
-ENCODINGS: dict[str, _Encoding] = {
-    "rgb8": _Encoding(3, "rgb"),
-    "bgr8": _Encoding(3, "bgr"),
-    "rgba8": _Encoding(4, "rgba"),
-    "bgra8": _Encoding(4, "bgra"),
-    "mono8": _Encoding(1, "mono"),
-    "8uc1": _Encoding(1, "mono"),
-    "8uc3": _Encoding(3, "bgr"),
-    "8uc4": _Encoding(4, "bgra"),
-}
-
-
-class ImageConversionError(ValueError):
-    """An image message that cannot be decoded; ``str(exc)`` is the reason (one line)."""
-
-
-@dataclass(frozen=True)
-class RawImage:
-    """A decoded image: ``array`` is ``uint8[H, W, Ch]`` (often a strided view), ``order`` its colour order."""
-
-    array: np.ndarray  # uint8[H, W, Ch]
-    order: str  # one of "rgb", "bgr", "rgba", "bgra", "mono"
-
-    @property
-    def height(self) -> int:
-        return int(self.array.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.array.shape[1])
-
-
-def decode_raw(data: Any, *, height: int, width: int, encoding: str, step: int) -> RawImage:
-    """View raw image bytes as ``uint8[H, W, Ch]`` without copying.
-
-    ``data`` is anything exposing the buffer protocol (``array.array('B')`` as rclpy delivers it,
-    ``bytes``, ``bytearray``, ``memoryview``, numpy array). Rows are ``step`` bytes apart; bytes past
-    ``width * Ch`` in a row (padding) and past ``height * step`` in the buffer are ignored.
-    Raises ``ImageConversionError`` on an unsupported encoding, a zero-size image, a ``step`` shorter
-    than a row, or a buffer shorter than ``height * step``.
-    """
-    enc = ENCODINGS.get(str(encoding).lower())
-    if enc is None:
-        supported = ", ".join(k for k in ENCODINGS if not k[0].isdigit())
-        raise ImageConversionError(f"unsupported encoding {encoding!r} (supported: {supported})")
-    height, width, step = int(height), int(width), int(step)
-    if height <= 0 or width <= 0:
-        raise ImageConversionError(f"zero-size image {width}x{height}")
-    row = width * enc.channels
-    if step < row:
-        raise ImageConversionError(f"step {step} is shorter than a row of {width} x {encoding} ({row} bytes)")
-    try:
-        buf = np.frombuffer(data, dtype=np.uint8)
-    except (TypeError, ValueError) as exc:
-        raise ImageConversionError(f"image data is not a byte buffer: {exc}") from None
-    need = height * step
-    if buf.size < need:
-        raise ImageConversionError(f"truncated data: {buf.size} bytes for {width}x{height} {encoding} with step {step} (need {need})")
-    # (H, W, Ch) strided view: row stride `step`, pixel stride Ch, channel stride 1; no copy.
-    arr = np.lib.stride_tricks.as_strided(buf, shape=(height, width, enc.channels), strides=(step, enc.channels, 1))
-    return RawImage(arr, enc.order)
-
-
 def image_msg_to_array(msg: Any) -> RawImage:
-    """``sensor_msgs/Image`` -> ``RawImage`` (zero-copy view of ``msg.data``; keep ``msg`` alive while using it)."""
-    return decode_raw(msg.data, height=msg.height, width=msg.width, encoding=msg.encoding, step=msg.step)
+    """``sensor_msgs/Image`` -> ``RawImage`` (often a zero-copy view of ``msg.data``: keep ``msg`` alive)."""
+    return decode_raw(msg.data, height=msg.height, width=msg.width, encoding=msg.encoding, step=msg.step,
+                      is_bigendian=bool(msg.is_bigendian))
 
 
-def decode_compressed(data: Any) -> RawImage:
-    """JPEG/PNG/... bytes -> ``RawImage`` in BGR order (``cv2.imdecode``). Raises ``ImageConversionError``."""
-    import cv2
+def compressed_msg_to_array(msg: Any, *, max_pixels: int = MAX_PIXELS) -> RawImage:
+    """``sensor_msgs/CompressedImage`` -> ``RawImage`` (BGR) via ``decode_compressed``.
 
-    buf = np.frombuffer(data, dtype=np.uint8)
-    if buf.size == 0:
-        raise ImageConversionError("empty compressed image")
-    try:
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    except cv2.error as exc:  # some codecs raise instead of returning None
-        raise ImageConversionError(f"corrupt compressed image: {str(exc).strip().splitlines()[-1]}") from None
-    if img is None or img.size == 0:
-        raise ImageConversionError(f"corrupt or unsupported compressed image ({buf.size} bytes)")
-    return RawImage(img, "bgr")
-
-
-def compressed_msg_to_array(msg: Any) -> RawImage:
-    """``sensor_msgs/CompressedImage`` -> ``RawImage`` (BGR). The ``format`` field is informational only."""
-    return decode_compressed(msg.data)
+    The format is read from the payload's magic bytes; the ``format`` field is informational only.
+    ``max_pixels`` bounds the size a payload may declare (``ImageConversionError`` beyond it).
+    """
+    return decode_compressed(msg.data, max_pixels=max_pixels)
 
 
 def to_bgr(img: RawImage) -> np.ndarray:
