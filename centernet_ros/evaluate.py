@@ -5,7 +5,7 @@ Letters: B batch, C classes, D detections per image, N ground-truth objects of o
 Usage::
 
     centernet-eval --weights runs/vehicles/best.safetensors \\
-        --data /work/shared/data/vehicles-openimages --split valid --out runs/vehicles/eval
+        --data ../shared/data/vehicles-openimages --split valid --out runs/vehicles/eval
     centernet-eval --weights model.safetensors --coco-images val2017/ --coco-json instances_val2017.json
 
 One forward pass per batch (images letterboxed on the device with ``preprocess.letterbox``) is decoded
