@@ -46,9 +46,10 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "centernet-detector = centernet_ros.ros.node:main",
-            "centernet-video-publisher = centernet_ros.ros.video_publisher:main",
-            "centernet-demo = centernet_ros.ros.demo:main",
+            # ROS executables: SIGINT / SIGTERM handled before the heavy imports (centernet_ros/ros/entry.py)
+            "centernet-detector = centernet_ros.ros.entry:detector",
+            "centernet-video-publisher = centernet_ros.ros.entry:video_publisher",
+            "centernet-demo = centernet_ros.ros.entry:demo",
             "centernet-train = centernet_ros.train:main",
             "centernet-eval = centernet_ros.evaluate:main",
             "centernet-export = centernet_ros.export:main",

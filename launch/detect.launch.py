@@ -1,12 +1,15 @@
 """Start the CenterNet detector node.
 
     ros2 launch centernet_ros detect.launch.py
-    ros2 launch centernet_ros detect.launch.py camera_topics:='[/cam0/image_raw, /cam1/image_raw]' device:=cuda
+    ros2 launch centernet_ros detect.launch.py camera_topics:='[cam0/image_raw, cam1/image_raw]' device:=cuda
     ros2 launch centernet_ros detect.launch.py params_file:=/path/to/my.yaml score_threshold:=0.4
+    ros2 launch centernet_ros detect.launch.py namespace:=robot1 log_level:=debug
 
 Every parameter comes from ``params_file`` (default: the package's config/detect.yaml); a launch
 argument given on the command line overrides that one parameter, an argument left empty ('') keeps
-the file's value.
+the file's value. The default topics are relative (camera/image_raw -> camera/detections,
+label_info), so ``namespace`` moves them all. ``log_level`` sets the level of the node's own logger
+only (``--log-level <namespace>.<node_name>:=<level>``), not that of rcl and the middleware.
 """
 import os
 
@@ -18,17 +21,18 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = 'centernet_ros'
+LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 
 # launch argument (= node parameter) -> (type, description)
 OVERRIDES = {
-    'weights': (str, 'model file (.safetensors); the file default "" = bundled models/centernet_vehicles.safetensors'),
+    'weights': (str, 'model file (.safetensors); "" in params_file = the bundled models/centernet_vehicles.safetensors'),
     'device': (str, 'auto | cpu | cuda | cuda:N'),
     'input_size': ([int], 'network input [H, W], multiples of 32; [0, 0] = the size stored in the model'),
     'fp16': (bool, 'half-precision forward pass on CUDA'),
     'compile': (bool, 'CUDA graphs through torch.compile (CUDA only)'),
     'backend': (str, 'forward pass: auto (onnxruntime on CPU when installed) | torch | onnxruntime'),
     'cpu_threads': (int, 'torch / onnxruntime threads on CPU: -1 = all cores but one, 0 = library default'),
-    'camera_topics': ([str], 'camera topics, e.g. "[/cam0/image_raw, /cam1/image_raw/compressed]"'),
+    'camera_topics': ([str], 'camera topics, e.g. "[cam0/image_raw, cam1/image_raw/compressed]"'),
     'transports': ([str], 'auto | raw | compressed, one for all topics or one per topic'),
     'detections_topics': ([str], '[auto] (= <camera ns>/detections) or one topic per camera'),
     'qos_reliability': (str, 'camera subscriptions: best_effort | reliable'),
@@ -79,7 +83,18 @@ def _convert(name, text):
         raise ValueError(f'launch argument {name}:={text!r}: {exc}') from None
 
 
+def node_logger_name(namespace, node_name):
+    """The name of a node's logger: ``/robot1`` + ``centernet_detector`` -> ``robot1.centernet_detector``."""
+    parts = [p for p in namespace.split('/') if p] + [node_name]
+    return '.'.join(parts)
+
+
 def _launch_node(context):
+    node_name = LaunchConfiguration('node_name').perform(context)
+    namespace = LaunchConfiguration('namespace').perform(context)
+    log_level = LaunchConfiguration('log_level').perform(context).lower()
+    if log_level not in LOG_LEVELS:
+        raise ValueError(f'launch argument log_level:={log_level!r}: expected one of {", ".join(LOG_LEVELS)}')
     overrides = {}
     for name in OVERRIDES:
         text = LaunchConfiguration(name).perform(context)
@@ -92,10 +107,10 @@ def _launch_node(context):
         Node(
             package=PACKAGE,
             executable='centernet-detector',
-            name=LaunchConfiguration('node_name'),
-            namespace=LaunchConfiguration('namespace'),
+            name=node_name,
+            namespace=namespace,
             parameters=parameters,
-            ros_arguments=['--log-level', LaunchConfiguration('log_level')],
+            ros_arguments=['--log-level', f'{node_logger_name(namespace, node_name)}:={log_level}'],
             output='screen',
             emulate_tty=True,
         )
@@ -108,10 +123,11 @@ def generate_launch_description():
                               description='ROS parameters file of the node'),
         DeclareLaunchArgument('node_name', default_value='centernet_detector', description='node name'),
         DeclareLaunchArgument('namespace', default_value='', description='node namespace'),
-        DeclareLaunchArgument('log_level', default_value='info', description='debug | info | warn | error'),
+        DeclareLaunchArgument('log_level', default_value='info',
+                              description='level of the node\'s logger: debug | info | warn | error | fatal'),
     ]
     args += [
-        DeclareLaunchArgument(name, default_value='', description=f'{text} (empty: from params_file)')
+        DeclareLaunchArgument(name, default_value='', description=f'{text}; empty: from params_file')
         for name, (_, text) in OVERRIDES.items()
     ]
     return LaunchDescription(args + [OpaqueFunction(function=_launch_node)])

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CPU_INPUT_SIZE", "GPU_INPUT_SIZE", "main", "parse_args"]
+__all__ = ["CPU_INPUT_SIZE", "GPU_INPUT_SIZE", "default_input_size", "main", "parse_args"]
 
 CAMERA = "/demo/camera/image_raw"
 DETECTIONS = "/demo/camera/detections"
@@ -34,6 +34,17 @@ ANNOTATED = "/demo/camera/detections_image"
 LABEL_INFO = "/label_info"
 CPU_INPUT_SIZE = (256, 448)  # (H, W) default network input on a CPU: ~7 frames/s on two cores (onnxruntime)
 GPU_INPUT_SIZE = (384, 640)  # (H, W) default network input on a GPU: the clip at full resolution
+
+
+def default_input_size(device: str) -> tuple[int, int]:
+    """(H, W) network input of the demo on ``device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``):
+    :data:`CPU_INPUT_SIZE` on a CPU, :data:`GPU_INPUT_SIZE` on a GPU (``centernet-demo`` and
+    demo.launch.py both use it). Raises ValueError / RuntimeError for a device that cannot be used."""
+    if device == "cpu":  # without importing torch (demo.launch.py runs this in the launch process)
+        return CPU_INPUT_SIZE
+    from ..detector import resolve_device
+
+    return CPU_INPUT_SIZE if resolve_device(device).type == "cpu" else GPU_INPUT_SIZE
 
 
 def _default_params_file() -> Path:
@@ -81,7 +92,14 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": round(float(np.percentile(a, 50)), 2), "p99": round(float(np.percentile(a, 99)), 2)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, stop: Any = None) -> int:
+    """Console script ``centernet-demo``. Exit status 0 when frames were processed, and after SIGINT /
+    SIGTERM at any moment (``stop``: the :class:`.stop.StopSignals` that the console script installed
+    first; installed here when None): interrupted while streaming, it still writes the summary of the
+    frames so far. 1 when no frame came through or a file cannot be read or written, 2 on bad options."""
+    from .stop import Interrupted, StopSignals, quietly
+
+    stop = stop or StopSignals.install()
     args = parse_args(argv)
 
     import rclpy
@@ -90,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image
     from tqdm import tqdm
     from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -104,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f"centernet-demo: {exc}", file=sys.stderr)
         return 2
-    input_size = list(args.input_size or (CPU_INPUT_SIZE if device.type == "cpu" else GPU_INPUT_SIZE))
+    input_size = list(args.input_size or default_input_size(str(device)))
     video_path = args.video or default_video_path()
     weights = args.weights or default_weights_path()
     params_file = args.params_file or _default_params_file()
@@ -113,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     context = Context()
-    rclpy.init(args=["--ros-args", "--params-file", str(params_file)], context=context)
     nodes: list[Any] = []
     writer = None
+    executor = None
     try:
+        # rclpy's handlers would raise KeyboardInterrupt anywhere (see .stop): ours stay installed
+        rclpy.init(args=["--ros-args", "--params-file", str(params_file)], context=context,
+                   signal_handler_options=SignalHandlerOptions.NO)
         overrides = [
             Parameter("weights", value=str(weights)),
             Parameter("device", value=str(device)),
@@ -181,10 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         executor = MultiThreadedExecutor(num_threads=4, context=context)
         executor.add_node(detector)
         executor.add_node(recorder)
+        stop.running()  # from here on the loops below poll stop.requested
         # Start the camera only once the recorder is matched with both detector outputs: the
         # annotated image is drawn only for frames that have a subscriber when they are processed.
         deadline = time.monotonic() + 30.0
         while min(detector.output_subscriber_counts()[CAMERA]) < 1:
+            if stop.requested:
+                print(f"centernet-demo: interrupted ({stop.name})", file=sys.stderr)
+                return 0
             if time.monotonic() > deadline:
                 print("centernet-demo: the recorder did not connect to the detector within 30 s", file=sys.stderr)
                 return 1
@@ -206,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         done_at = None
         with tqdm(total=total or None, unit="frame", desc="centernet-demo", disable=args.no_progress) as bar:
-            while True:
+            while not stop.requested:
                 executor.spin_once(timeout_sec=0.05)
                 bar.update(state["det_frames"] - bar.n)
                 if state["first"] is None and video.sent:
@@ -239,21 +265,25 @@ def main(argv: list[str] | None = None) -> int:
             "end_to_end_latency_ms": _percentiles(e2e_ms),
             "output_video": str(video_out),
             "wall_time_s": round(time.monotonic() - t0, 1),
+            "interrupted": stop.name or None,
         }
-    except KeyboardInterrupt:
-        print("centernet-demo: interrupted", file=sys.stderr)
-        return 130
+    except Interrupted:
+        print(f"centernet-demo: interrupted ({stop.name})", file=sys.stderr)
+        return 0
     except RuntimeError as exc:  # e.g. the video file cannot be read or written
         print(f"centernet-demo: {exc}", file=sys.stderr)
         return 1
     finally:
+        stop.running()  # from here on a signal is only counted
+        if executor is not None:
+            quietly("centernet-demo", "executor shutdown", lambda: executor.shutdown(timeout_sec=5.0))
         if writer is not None:
-            writer.release()
+            quietly("centernet-demo", "closing the video", writer.release)
         for node in reversed(nodes):
             if isinstance(node, DetectorNode):
-                node.close()
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
+                quietly("centernet-demo", "stopping the detector", node.close)
+            quietly("centernet-demo", "destroy_node", node.destroy_node)
+        quietly("centernet-demo", "rclpy shutdown", lambda: rclpy.try_shutdown(context=context))
 
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lat, e2e = summary["latency_ms"], summary["end_to_end_latency_ms"]
@@ -264,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"throughput: {summary['fps']} fps; latency receive->publish p50 {lat['p50']} ms, p99 {lat['p99']} ms; "
           f"camera->recorder p50 {e2e['p50']} ms, p99 {e2e['p99']} ms")
     print(f"wrote {summary['output_video']} ({summary['frames_written']} frames) and {out_dir / 'demo_summary.json'}")
+    if stop.requested:
+        print(f"centernet-demo: interrupted ({stop.name}) after {summary['frames']} frames", file=sys.stderr)
+        return 0
     return 0 if summary["frames"] > 0 else 1
 
 

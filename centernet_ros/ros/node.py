@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -256,12 +258,14 @@ class DetectorNode(LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._destroy_publishers()
         self._state = "unconfigured"
+        self.get_logger().info("cleaned up: publishers destroyed (unconfigured)")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._deactivate()
         self._destroy_publishers()
-        self._state = "finalized"
+        self._state = "finalized"  # centernet-detector's spin loop ends the process
+        self.get_logger().info(f"shut down from {state.label}: model unloaded, publishers destroyed (finalized)")
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -372,25 +376,57 @@ class DetectorNode(LifecycleNode):
         self._diag_pub.publish(msg)
 
 
-def main(args: list[str] | None = None) -> int:
-    """Console script ``centernet-detector [--ros-args --params-file config/detect.yaml ...]``."""
-    rclpy.init(args=args if args is not None else sys.argv)
+def main(args: list[str] | None = None, *, stop: Any = None) -> int:
+    """Console script ``centernet-detector [--ros-args --params-file config/detect.yaml ...]``.
+
+    Exit status 0 after SIGINT / SIGTERM at any moment, imports and start-up included (``stop``: the
+    :class:`.stop.StopSignals` that the console script installed first; installed here when None), and
+    after the lifecycle ``shutdown`` transition (``ros2 lifecycle set <node> shutdown``); 2 on invalid
+    parameters."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from .stop import Interrupted, StopSignals, quietly
+
+    stop = stop or StopSignals.install()
+    prog = "centernet-detector"
+    node: DetectorNode | None = None
+    executor = None
     try:
-        node = DetectorNode()
-    except (InvalidParameterTypeException, InvalidParameterValueException, ValueError) as exc:
-        print(f"centernet-detector: invalid parameters: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        if node.get_parameter("autostart").value:
+        # rclpy's handlers would raise KeyboardInterrupt anywhere (see .stop): ours stay installed
+        rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+        try:
+            node = DetectorNode()
+        except (InvalidParameterTypeException, InvalidParameterValueException, ValueError) as exc:
+            print(f"{prog}: invalid parameters: {exc}", file=sys.stderr)
+            return 2
+        autostart = bool(node.get_parameter("autostart").value)
+        node.get_logger().debug(f"started (pid {os.getpid()}, autostart={autostart})")
+        if autostart:
             node.autostart()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        stop.running()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.requested and node.state != "finalized":
+            executor.spin_once(timeout_sec=0.1)  # a signal sets stop.requested; seen within 0.1 s
+        if node.state == "finalized":
+            end = time.monotonic() + 0.3  # the shutdown transition's response on its way before the node goes
+            while time.monotonic() < end and not stop.requested:
+                executor.spin_once(timeout_sec=0.05)
+            node.get_logger().info("finalized: exiting")
+    except (Interrupted, ExternalShutdownException):
         pass
     finally:
-        node.close()
-        node.destroy_node()
-        rclpy.try_shutdown()
+        stop.running()  # from here on a signal is only counted
+        if node is not None and stop.requested:
+            quietly(prog, "logging", lambda: node.get_logger().info(f"{stop.name}: shutting down"))
+        if node is not None:
+            quietly(prog, "stopping the node", node.close)
+        if executor is not None:
+            quietly(prog, "executor shutdown", executor.shutdown)
+        if node is not None:
+            quietly(prog, "destroy_node", node.destroy_node)
+        quietly(prog, "rclpy shutdown", rclpy.try_shutdown)
     return 0
 
 

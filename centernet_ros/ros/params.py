@@ -94,7 +94,7 @@ class NodeSettings:
     channels_last: bool = False  # NHWC memory format for the forward pass (CUDA)
     compile: bool = False  # CUDA graphs via torch.compile for the padded batch sizes (CUDA only; eager on failure)
     backend: str = "auto"  # forward pass: auto (onnxruntime on CPU when installed, else torch) | torch | onnxruntime
-    camera_topics: list[str] = field(default_factory=lambda: ["/camera/image_raw"])  # sensor_msgs/Image topics
+    camera_topics: list[str] = field(default_factory=lambda: ["camera/image_raw"])  # sensor_msgs/Image topics (relative: follow the namespace)
     transports: list[str] = field(default_factory=lambda: ["auto"])  # one for all or one per topic: auto|raw|compressed
     detections_topics: list[str] = field(default_factory=lambda: ["auto"])  # ["auto"] = <camera ns>/detections
     publish_annotated: bool = True  # <camera ns>/detections_image, drawn only while someone subscribes

@@ -47,7 +47,7 @@ def default_video_path() -> Path:
 
 _PARAMS: dict[str, tuple[Any, str]] = {
     "path": ("", "video file; empty = the bundled models/" + DEFAULT_VIDEO),
-    "topic": ("/camera/image_raw", "sensor_msgs/Image topic"),
+    "topic": ("camera/image_raw", "sensor_msgs/Image topic (relative: a namespace or a remapping moves it)"),
     "frame_id": ("camera", "header.frame_id of the frames"),
     "rate": (0.0, "frames per second; 0 = the file's rate; < 0 = as fast as possible"),
     "loop": (False, "start over at the end of the file"),
@@ -234,23 +234,39 @@ class VideoPublisher(Node):
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> int:
-    """Console script ``centernet-video-publisher --ros-args -p path:=clip.mp4 -p rate:=10.0 ...``."""
-    rclpy.init(args=args if args is not None else sys.argv)
+def main(args: list[str] | None = None, *, stop: Any = None) -> int:
+    """Console script ``centernet-video-publisher --ros-args -p path:=clip.mp4 -p rate:=10.0 ...``.
+
+    Exit status 0 at the end of the video and after SIGINT / SIGTERM at any moment (``stop``: the
+    :class:`.stop.StopSignals` that the console script installed first; installed here when None);
+    1 when the video cannot be opened or a parameter is invalid."""
+    from rclpy.signals import SignalHandlerOptions
+
+    from .stop import Interrupted, StopSignals, quietly
+
+    stop = stop or StopSignals.install()
+    prog = "centernet-video-publisher"
+    node: VideoPublisher | None = None
     try:
-        node = VideoPublisher()
-    except (RuntimeError, ValueError) as exc:
-        print(f"centernet-video-publisher: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        # rclpy's handlers would raise KeyboardInterrupt anywhere (see .stop): ours stay installed
+        rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+        try:
+            node = VideoPublisher()
+        except (RuntimeError, ValueError) as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 1
+        stop.running()
+        while not node.done and not stop.requested:
+            rclpy.spin_once(node, timeout_sec=0.1)  # a signal sets stop.requested; seen within 0.1 s
+        if stop.requested:
+            node.get_logger().info(f"{stop.name}: stopping after {node.sent} frames")
+    except (Interrupted, ExternalShutdownException):
         pass
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+        stop.running()  # from here on a signal is only counted
+        if node is not None:
+            quietly(prog, "destroy_node", node.destroy_node)
+        quietly(prog, "rclpy shutdown", rclpy.try_shutdown)
     return 0
 
 

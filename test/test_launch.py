@@ -1,0 +1,90 @@
+"""The launch files through the real ``ros2 launch`` (see ros2_cli.py: skipped without the ROS 2 CLI,
+failed under CI=true): detect.launch.py comes up in a namespace, activates and answers a frame with
+detections; demo.launch.py plays a few frames and ends by itself; Ctrl-C at start-up or while running
+ends everything with exit status 0 and no traceback."""
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ros2_cli import assert_clean, cli, clip_frame, graph  # noqa: E402,F401  (cli, graph: fixtures)
+
+# the bundled model with the plain torch forward pass: no ONNX export at activation (seconds on a CPU)
+FAST = ("device:=cpu", "backend:=torch", "cpu_threads:=1")
+
+
+def test_detect_launch_in_a_namespace_answers_a_frame_then_ctrl_c(cli, graph):
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray, LabelInfo
+
+    from centernet_ros.ros.conversions import bgr_to_image_msg
+
+    launch = cli.start("launch", "centernet_ros", "detect.launch.py", *FAST, "namespace:=robot1", "log_level:=debug")
+    launch.wait_for(r"\[robot1\.centernet_detector\]: active on cpu with torch")
+    node, spin_until = graph
+    dets: list = []
+    labels: list = []
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    node.create_subscription(Detection2DArray, "/robot1/camera/detections", dets.append, 10)
+    node.create_subscription(LabelInfo, "/robot1/label_info", labels.append, latched)
+    pub = node.create_publisher(Image, "/robot1/camera/image_raw", 10)
+    msg = bgr_to_image_msg(clip_frame(0))
+    msg.header.stamp.sec, msg.header.frame_id = 7, "cam"
+    # the relative default topics moved with the namespace: the detector listens on /robot1/camera/image_raw
+    assert spin_until(lambda: pub.get_subscription_count() > 0, timeout=30.0), launch.output
+    assert spin_until(lambda: labels, timeout=30.0), "no LabelInfo on /robot1/label_info"
+    for _ in range(20):  # a best-effort subscription: publish until one frame comes back
+        pub.publish(msg)
+        if spin_until(lambda: dets, timeout=1.5):
+            break
+    assert dets, "no detections on /robot1/camera/detections:\n" + launch.output
+    assert (dets[0].header.stamp.sec, dets[0].header.frame_id) == (7, "cam")
+    assert len(dets[0].detections) > 0  # the clip's first frame has cars in it
+    assert len(labels[0].class_map) == 5  # the bundled model's classes
+
+    # log_level:=debug: the node's logger only (its own debug line), none of rcl / rmw / rclpy
+    launch.wait_for(r"\[DEBUG\] \[[\d.]+\] \[robot1\.centernet_detector\]: started")
+    others = [line for line in launch.output.splitlines()
+              if "[DEBUG]" in line and "[robot1.centernet_detector" not in line]
+    assert not others, "\n".join(others[:10])
+
+    launch.signal_group(signal.SIGINT)  # Ctrl-C in a terminal: launch and the node get it, then launch's own
+    assert_clean(launch, launch.wait(60.0))
+    assert re.search(r"\[centernet-detector-1\]: process has finished cleanly", launch.output), launch.output
+
+
+def test_demo_launch_runs_to_its_end(cli):
+    launch = cli.start("launch", "centernet_ros", "demo.launch.py", "device:=cpu", "max_frames:=3")
+    code = launch.wait(240.0)  # ends by itself after the video's last (here: 3rd) frame
+    assert_clean(launch, code)
+    out = launch.output
+    assert re.search(r"active on cpu with \S+ \(input 256x448", out), out  # centernet-demo's CPU size
+    assert re.search(r"\[video_publisher\]: done: published 3 frames", out), out
+    assert "the video publisher has ended" in out, out
+    for name in ("centernet-video-publisher-1", "centernet-detector-2"):
+        assert f"[{name}]: process has finished cleanly" in out, out
+
+
+@pytest.mark.parametrize("after, delay", [(r"process started with pid", 0.5), (r"\]: configured: model", 0.0)])
+def test_ctrl_c_during_start_up_ends_cleanly(cli, after, delay):
+    launch = cli.start("launch", "centernet_ros", "detect.launch.py", *FAST)
+    launch.wait_for(after)  # the node's imports (torch, rclpy: seconds), or its activation (loading the model)
+    # (not at the very instant launch spawns the process: launch 3.7.1 itself can fail there, a race of its own)
+    time.sleep(delay)
+    launch.signal_group(signal.SIGINT)
+    assert_clean(launch, launch.wait(60.0))
+    assert "[centernet-detector-1]: process has finished cleanly" in launch.output, launch.output
+
+
+def test_bad_launch_argument_fails_with_its_name(cli):
+    proc = cli.start("launch", "centernet_ros", "detect.launch.py", "score_threshold:=high")
+    code = proc.wait(60.0)
+    assert code != 0
+    assert "score_threshold:='high'" in proc.output, proc.output
