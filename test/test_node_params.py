@@ -132,7 +132,7 @@ def test_every_parameter_is_described_with_its_type_and_range(rclpy_context):
     node = DetectorNode("described", context=rclpy_context)
     try:
         descs = {d.name: d for d in node.describe_parameters(list(params.DEFAULTS))}
-        assert set(descs) == set(params.DEFAULTS) and len(descs) == 32  # 17 node, 2 batching, 13 decode
+        assert set(descs) == set(params.DEFAULTS) and len(descs) == 34  # 19 node, 2 batching, 13 decode
         assert all(d.description and not d.dynamic_typing for d in descs.values())
 
         def floats(n):
@@ -145,9 +145,11 @@ def test_every_parameter_is_described_with_its_type_and_range(rclpy_context):
         assert descs["max_batch_size"].type == ParameterType.PARAMETER_INTEGER
         assert descs["camera_topics"].type == ParameterType.PARAMETER_STRING_ARRAY
         assert floats("score_threshold") == [(0.0, 1.0, 0.0)] and floats("nms_iou") == [(0.0, 1.0, 0.0)]
-        for name in ("max_batch_latency_ms", "diagnostics_period", "ae_threshold", "nms_sigma", "small_area"):
+        for name in ("max_batch_latency_ms", "diagnostics_period", "camera_timeout", "ae_threshold", "nms_sigma",
+                     "small_area"):
             assert floats(name) == [(0.0, math.inf, 0.0)], name
-        for name in ("max_batch_size", "qos_depth", "topk", "num_dets", "n_small", "n_large", "max_detections"):
+        for name in ("max_batch_size", "qos_depth", "topk", "num_dets", "n_small", "n_large", "max_detections",
+                     "max_compressed_pixels"):
             assert ints(name) == [(1, INT64_MAX, 0)], name
         assert ints("kernel") == [(1, INT64_MAX, 2)]  # odd
         assert ints("cpu_threads") == [(-1, INT64_MAX, 0)]

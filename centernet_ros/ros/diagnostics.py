@@ -2,12 +2,15 @@
 
 :class:`Stats` accumulates what the worker measures (receive -> publish latencies, batch sizes, time
 per stage of each batch); :meth:`Stats.snapshot` turns it, with the cameras' counters, into plain
-Python values (``DetectorNode.stats()``), and :func:`detector_status` into the status that the node
-publishes on ``/diagnostics`` every ``diagnostics_period`` seconds.
+Python values (``DetectorNode.stats()``), and :func:`detector_status` / :func:`camera_status` into the
+statuses that the node publishes on ``/diagnostics`` every ``diagnostics_period`` seconds: one for the
+detector, one per camera (WARN with the reason while a camera is not delivering: an incompatible-QoS
+publisher, or no frames for ``camera_timeout`` seconds).  Every string in them is bounded.
 """
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from typing import Any
@@ -15,15 +18,17 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+from .encodings import bounded
 from .intake import Camera
 
-__all__ = ["STAGES", "LATENCY_WINDOW", "Stats", "FrameRate", "detector_status"]
+__all__ = ["STAGES", "LATENCY_WINDOW", "COUNTERS", "Stats", "FrameRate", "detector_status", "camera_status"]
 
 LATENCY_WINDOW = 2048  # latencies kept for the p50 / p99 in the diagnostics
 # Per-batch stages timed by the worker (wall clock; ``detect`` ends with the one device -> host copy, so
 # it holds the whole GPU time): message -> array, Detector.detect (preprocess, forward, decode), building
 # and publishing the Detection2DArrays, drawing + publishing annotated frames (only when subscribed).
 STAGES = ("convert", "detect", "publish", "annotate")
+COUNTERS = ("received", "processed", "dropped", "rejected", "lost", "lost_reported")  # per camera, see intake.Camera
 
 
 class Stats:
@@ -57,12 +62,16 @@ class Stats:
         with self.lock:
             return list(self.latencies)
 
-    def snapshot(self, cams: list[Camera], state: str, *, reset_stages: bool = False) -> dict[str, Any]:
+    def snapshot(self, cams: list[Camera], state: str, *, reset_stages: bool = False,
+                 camera_timeout: float = math.inf) -> dict[str, Any]:
         """Counters, latency percentiles and mean stage times, as plain Python values.  ``reset_stages``
-        starts a new averaging window for the stage times."""
+        starts a new averaging window for the stage times.  While ``state`` is active, each camera's
+        ``warning`` says why it is not delivering (empty when it is; see ``Camera.warning``)."""
+        now = time.monotonic_ns()
         with self.lock:
             lat = np.asarray(self.latencies, dtype=np.float64)
-            per_cam = {c.topic: c.counters() for c in cams}
+            per_cam = {c.topic: {**c.counters(), "warning": c.warning(now, camera_timeout) if state == "active" else ""}
+                       for c in cams}
             batches, frames = self.batches, self.batched_frames
             n = self.stage_batches
             stage_ms = {k: (v / n * 1e3 if n else float("nan")) for k, v in self.stage_sums.items()}
@@ -96,16 +105,20 @@ class FrameRate:
 def detector_status(name: str, st: dict[str, Any], fps: float, *, error: str = "", hardware_id: str = "",
                     backend_error: str | None = None, compile_error: str | None = None) -> DiagnosticStatus:
     """The node's ``DiagnosticStatus`` from a :meth:`Stats.snapshot` ``st``: ERROR with the last
-    configure / activate failure, WARN while not active or when frames were rejected, else OK."""
+    configure / activate failure, WARN while not active, while a camera is not delivering (each one
+    with its reason) or when frames were rejected, else OK."""
     status = DiagnosticStatus()
     status.name = name
     status.hardware_id = hardware_id
     rejected = sum(c["rejected"] for c in st["cameras"].values())
+    silent = [f"{topic}: {c['warning']}" for topic, c in st["cameras"].items() if c["warning"]]
     state = st["state"]
     if error:
-        status.level, status.message = DiagnosticStatus.ERROR, error
+        status.level, status.message = DiagnosticStatus.ERROR, bounded(error)
     elif state != "active":
         status.level, status.message = DiagnosticStatus.WARN, f"{state}: not processing"
+    elif silent:
+        status.level, status.message = DiagnosticStatus.WARN, bounded(f"{fps:.1f} fps; " + "; ".join(silent), 1000)
     elif rejected:
         status.level, status.message = DiagnosticStatus.WARN, f"{fps:.1f} fps, {rejected} frames rejected"
     else:
@@ -121,13 +134,31 @@ def detector_status(name: str, st: dict[str, Any], fps: float, *, error: str = "
     for stage, ms in st["stage_ms"].items():  # since the previous message; "nan" when no batch ran
         values[f"{stage}_ms_per_batch"] = f"{ms:.2f}"
     if backend_error:  # onnxruntime requested or failed: torch runs
-        values["backend_error"] = backend_error
+        values["backend_error"] = bounded(backend_error)
     if compile_error:  # torch.compile failed: the eager model runs
-        values["compile_error"] = compile_error
+        values["compile_error"] = bounded(compile_error)
     for topic, c in st["cameras"].items():
-        for key in ("received", "processed", "dropped", "rejected"):
+        for key in COUNTERS:
             values[f"{topic} {key}"] = str(c[key])
-        if c["last_reject"]:
-            values[f"{topic} last_reject"] = c["last_reject"]
+        for key in ("last_reject", "last_drop", "warning"):
+            if c[key]:
+                values[f"{topic} {key}"] = bounded(c[key])
+    status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+    return status
+
+
+def camera_status(node: str, topic: str, c: dict[str, Any], fps: float) -> DiagnosticStatus:
+    """One camera's ``DiagnosticStatus`` (name ``<node>: camera <topic>``) from its entry ``c`` of a
+    snapshot's ``cameras``: WARN with the reason while it is not delivering, else OK with its processed
+    frames per second (``fps``)."""
+    status = DiagnosticStatus()
+    status.name = f"{node}: camera {topic}"
+    status.hardware_id = topic
+    if c["warning"]:
+        status.level, status.message = DiagnosticStatus.WARN, bounded(c["warning"])
+    else:
+        status.level, status.message = DiagnosticStatus.OK, f"{fps:.1f} fps"
+    values = {"fps": f"{fps:.2f}", **{k: str(c[k]) for k in COUNTERS}}
+    values.update({k: bounded(c[k]) for k in ("last_reject", "last_drop", "warning") if c[k]})
     status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
     return status

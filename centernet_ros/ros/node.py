@@ -5,12 +5,20 @@ Legend: B frames in one forward pass (one per camera with a pending frame), D de
 Data flow::
 
     camera_topics[i] --(callback: keep newest frame, count overwritten ones as dropped)--> slot[i]
-    worker thread: wait for a pending slot, up to max_batch_latency_ms for more (max_batch_size)
+        (gaps in each publisher's sequence numbers -> lost[i]; subscription events: message_lost ->
+         lost_reported[i], requested_incompatible_qos -> camera i WARN)
+    worker thread: wait for a pending slot, up to max_batch_latency_ms for more (max_batch_size; round
+                   robin over the cameras when more are pending than a batch takes)
                    -> decode (zero-copy views) -> Detector.detect (upload, letterbox, forward, decode)
                    -> Detection2DArray on detections_topics[i] (every processed frame, empty included)
                    -> annotated bgr8 image on <ns>/detections_image (only while someone subscribes)
     timer: DiagnosticArray on /diagnostics (fps, latency p50/p99, mean ms per batch of each stage,
-           per-camera counters)
+           per-camera counters; one status per camera, WARN while it is not delivering)
+
+Every frame received is counted once: processed, dropped (overwritten, pending at deactivation, no
+publisher) or rejected (undecodable, a decompression bomb, the forward pass failed); frames a camera
+sent that never reached the callback are ``lost`` (see :mod:`.intake`).  Strings taken from messages or
+exceptions are bounded (``conversions.bounded``).
 
 Lifecycle: configure (read parameters, check the model file, create publishers, publish LabelInfo),
 activate (load the model onto the device, subscribe, start the worker), deactivate (unsubscribe,
@@ -38,9 +46,10 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
@@ -48,8 +57,8 @@ from ..decode import DecodeConfig
 from ..detector import Detector, DetectorConfig
 from . import params
 from .conversions import label_info_msg
-from .diagnostics import FrameRate, Stats, detector_status
-from .intake import Intake, cameras_for
+from .diagnostics import FrameRate, Stats, camera_status, detector_status
+from .intake import Camera, Intake, cameras_for
 from .params import BatchSettings, NodeSettings, cpu_threads_for, default_weights_path, detections_topic_for
 from .worker import Worker
 
@@ -68,6 +77,7 @@ class DetectorNode(LifecycleNode):
         self._lock = self._intake.lock  # also guards _state, _detector and _decode_cfg swaps
         self._stats = Stats(self._lock)
         self._fps = FrameRate()
+        self._cam_fps: dict[str, FrameRate] = {}  # camera topic -> its processed frames per second
         self._state = "unconfigured"
         self._error = ""  # last configure / activate failure (shown in the diagnostics)
         self._detector: Detector | None = None
@@ -213,11 +223,10 @@ class DetectorNode(LifecycleNode):
         with self._lock:
             self._detector = detector
             self._state = "active"
-            self._intake.open = True
+        self._intake.start()
         try:
             for cam in self._intake.cams:
-                msg_type = CompressedImage if cam.transport == "compressed" else Image
-                cam.sub = self.create_subscription(msg_type, cam.topic, functools.partial(self._intake.offer, cam), qos)
+                cam.sub = self._subscribe(cam, qos)
         except Exception as exc:
             self._deactivate()
             return self._fail("cannot subscribe", exc)
@@ -227,11 +236,34 @@ class DetectorNode(LifecycleNode):
         # is freed by reference counting; unfrozen again on deactivation, so a dropped model can be collected.
         gc.collect()
         gc.freeze()
-        self._worker.start(detector, self._class_names)  # fast-path failures up to here: logged above
+        self._worker.start(detector, self._class_names, s.max_compressed_pixels)  # fast-path failures: logged above
         self._error = ""
         h, w = detector.input_size
         self.get_logger().info(f"active on {detector.device} with {detector.backend} (input {h}x{w}, fp16={detector.fp16})")
         return TransitionCallbackReturn.SUCCESS
+
+    def _subscribe(self, cam: Camera, qos: QoSProfile) -> Any:
+        """The camera's subscription, with its events: message_lost -> ``cam.lost_reported``, an
+        incompatible-QoS publisher -> ``cam`` WARN in /diagnostics (and one warning line per event)."""
+        msg_type = CompressedImage if cam.transport == "compressed" else Image
+
+        def incompatible(info: Any) -> None:
+            policy = qos_policy_name_from_kind(info.last_policy_kind)
+            self._intake.incompatible(cam, policy)
+            self.get_logger().warning(
+                f"a publisher on {cam.topic} offers QoS incompatible with the subscription ({policy}, "
+                f"qos_reliability={self._settings.qos_reliability}): no frames from it")
+
+        def lost(info: Any) -> None:
+            self._intake.lost(cam, info.total_count_change)
+
+        callback = functools.partial(self._intake.receive, cam)  # (msg, MessageInfo): sequence numbers -> lost
+        try:
+            events = SubscriptionEventCallbacks(incompatible_qos=incompatible, message_lost=lost)
+            return self.create_subscription(msg_type, cam.topic, callback, qos, event_callbacks=events)
+        except UnsupportedEventTypeError:  # a middleware without message_lost: no lost counts
+            events = SubscriptionEventCallbacks(incompatible_qos=incompatible)
+            return self.create_subscription(msg_type, cam.topic, callback, qos, event_callbacks=events)
 
     def _deactivate(self) -> None:
         with self._lock:
@@ -242,8 +274,10 @@ class DetectorNode(LifecycleNode):
             if cam.sub is not None:
                 self.destroy_subscription(cam.sub)
                 cam.sub = None
-        self._intake.clear_pending()
-        self._worker.stop()
+        self._worker.stop()  # finishes (and counts) the batch in flight
+        discarded = self._intake.clear_pending("pending at deactivation")
+        if discarded:
+            self.get_logger().info(f"deactivating: {discarded} pending frame(s) dropped")
         with self._lock:
             detector, self._detector = self._detector, None
         if detector is not None:
@@ -359,7 +393,9 @@ class DetectorNode(LifecycleNode):
         ``stage_ms`` (mean ms per batch of each of ``STAGES``) and ``cameras`` (topic -> counters).
         ``reset_stages`` starts a new averaging window for the stage times (the diagnostics timer does,
         so each message shows the batches since the previous one)."""
-        return self._stats.snapshot(self._intake.cams, self._state, reset_stages=reset_stages)
+        timeout = getattr(self, "_settings", None)
+        return self._stats.snapshot(self._intake.cams, self._state, reset_stages=reset_stages,
+                                    camera_timeout=timeout.camera_timeout if timeout is not None else 5.0)
 
     def _publish_diagnostics(self) -> None:
         st = self.stats(reset_stages=True)
@@ -367,12 +403,17 @@ class DetectorNode(LifecycleNode):
         detector = self._detector
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
+        name = self.get_fully_qualified_name()
         msg.status = [detector_status(
-            f"{self.get_fully_qualified_name()}: detector", st, fps, error=self._error,
+            f"{name}: detector", st, fps, error=self._error,
             hardware_id=f"{detector.device} ({detector.backend})" if detector is not None else "",
             backend_error=detector.backend_error if detector is not None else None,
             compile_error=detector.compile_error if detector is not None else None,
         )]
+        if st["state"] == "active":
+            for topic, c in st["cameras"].items():
+                cam_fps = self._cam_fps.setdefault(topic, FrameRate()).update(c["processed"])
+                msg.status.append(camera_status(name, topic, c, cam_fps))
         self._diag_pub.publish(msg)
 
 

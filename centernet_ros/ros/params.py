@@ -102,6 +102,9 @@ class NodeSettings:
     qos_reliability: str = "best_effort"  # camera subscriptions: best_effort (also hears reliable) | reliable
     qos_depth: int = 1  # camera subscription queue depth (newest frame wins anyway)
     diagnostics_period: float = 1.0  # seconds between /diagnostics messages
+    camera_timeout: float = 5.0  # seconds without a frame after which a camera is reported WARN ("no frames for N s")
+    max_compressed_pixels: int = 50_000_000  # largest W x H a CompressedImage may declare (8K UHD: 33.2 Mpx); larger
+    #                                          ones are rejected before decoding (decompression bombs)
     autostart: bool = True  # configure + activate right after start (console script)
     cpu_threads: int = -1  # torch / onnxruntime intra-op threads for CPU inference: -1 = all cores but one (min 1), which
     #                        leaves a core to the ROS executor threads that otherwise fight torch's pool
@@ -133,6 +136,11 @@ class NodeSettings:
             raise ValueError(f"qos_depth must be >= 1, got {self.qos_depth!r}")
         if not self.diagnostics_period > 0:
             raise ValueError(f"diagnostics_period must be > 0, got {self.diagnostics_period!r}")
+        if not (self.camera_timeout > 0 and math.isfinite(self.camera_timeout)):
+            raise ValueError(f"camera_timeout must be a finite number of seconds > 0, got {self.camera_timeout!r}")
+        if isinstance(self.max_compressed_pixels, bool) or not isinstance(self.max_compressed_pixels, int) \
+                or self.max_compressed_pixels < 1:
+            raise ValueError(f"max_compressed_pixels must be an int >= 1, got {self.max_compressed_pixels!r}")
         if isinstance(self.cpu_threads, bool) or not isinstance(self.cpu_threads, int) or self.cpu_threads < -1:
             raise ValueError(f"cpu_threads must be an int >= -1, got {self.cpu_threads!r}")
 
@@ -195,6 +203,9 @@ _DESCRIPTIONS = {
     "qos_reliability": "camera subscriptions: best_effort | reliable",
     "qos_depth": "camera subscription queue depth",
     "diagnostics_period": "seconds between diagnostic_msgs/DiagnosticArray on /diagnostics (> 0)",
+    "camera_timeout": "seconds without a frame after which /diagnostics reports the camera WARN (no frames for N s)",
+    "max_compressed_pixels": "largest width x height a CompressedImage may declare; larger ones are rejected before "
+                             "decoding (decompression bombs)",
     "cpu_threads": "torch / onnxruntime intra-op threads for CPU inference (-1 = all cores but one, 0 = torch default)",
     "autostart": "configure and activate on start",
     "max_batch_size": "most camera frames in one forward pass",
@@ -220,6 +231,8 @@ _INT_MAX = 2**63 - 1  # IntegerRange is int64: "no upper bound"
 _RANGES: dict[str, tuple] = {
     "qos_depth": (1, _INT_MAX),
     "diagnostics_period": (0.0, math.inf),
+    "camera_timeout": (0.0, math.inf),
+    "max_compressed_pixels": (1, _INT_MAX),
     "cpu_threads": (-1, _INT_MAX),
     "max_batch_size": (1, _INT_MAX),
     "max_batch_latency_ms": (0.0, math.inf),
