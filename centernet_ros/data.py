@@ -82,6 +82,10 @@ class Sample(NamedTuple):
     labels: np.ndarray  # int64 (N,)
     image_id: int  # index in the dataset (YOLO) or the COCO image id
     path: str  # image file
+    # float32 (K, 4) ignore regions, x1, y1, x2, y2 pixels: COCO crowd boxes and boxes of source classes a
+    # class map sends to no model class. Training computes no heatmap loss inside them (no positives,
+    # no negatives); evaluation treats them as pycocotools treats iscrowd regions. None: no regions.
+    ignore: np.ndarray | None = None
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -91,7 +95,9 @@ def read_image(path: str | Path) -> np.ndarray:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
         raise DatasetError(f"cannot read image '{path}': {exc}") from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    # IMREAD_IGNORE_ORIENTATION: the stored pixels, as the labels were drawn on them (an EXIF Orientation
+    # tag is not applied; ROS image tools and rviz do not apply it either).
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
     if img is None:
         raise DatasetError(f"cannot decode image '{path}' (corrupt or not an image)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -126,7 +132,12 @@ class DetectionDataset:
         path = self.image_paths[index]
         image = read_image(path)
         boxes, labels = self.boxes_for(index, image.shape[0], image.shape[1])
-        return Sample(image, boxes, labels, self.image_ids[index], str(path))
+        ignore = self.ignore_for(index, image.shape[0], image.shape[1])
+        return Sample(image, boxes, labels, self.image_ids[index], str(path), ignore)
+
+    def ignore_for(self, index: int, height: int, width: int) -> np.ndarray | None:
+        """Ignore regions ``float32 (K, 4)`` pixels of image ``index`` (None: none; see :class:`Sample`)."""
+        return None
 
 
 def _list_images(images_dir: Path) -> list[Path]:
@@ -152,7 +163,7 @@ def parse_yolo_label_file(path: Path, num_classes: int, *, tolerance: float = 0.
     more than ``tolerance`` outside the image.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a UTF-8 byte-order mark (Windows tools) is skipped
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read label file '{path}': {exc}") from None
     boxes, labels = [], []
@@ -288,7 +299,9 @@ class CocoDataset(DetectionDataset):
     """COCO json annotations (``images``, ``annotations``, ``categories``) with images in ``images_dir``.
 
     Categories are sorted by id and mapped to contiguous labels ``0 .. C-1`` (``category_ids[label]`` gives
-    the original id). Crowd annotations (``iscrowd=1``) are skipped unless ``include_crowd``; boxes of zero
+    the original id). Crowd annotations (``iscrowd=1``) become ignore regions (``Sample.ignore``: no heatmap
+    loss inside them in training; ignored by the evaluation, as pycocotools does) unless ``include_crowd``
+    makes them ordinary objects; boxes of zero
     width or height are skipped (counted in ``num_skipped``). Everything else that is malformed raises
     :class:`DatasetError` naming the json file and the annotation.
     """
@@ -343,13 +356,13 @@ class CocoDataset(DetectionDataset):
         index_of = {iid: i for i, iid in enumerate(self.image_ids)}
         boxes: list[list] = [[] for _ in self.image_ids]
         labels: list[list] = [[] for _ in self.image_ids]
+        crowds: list[list] = [[] for _ in self.image_ids]
         self.num_skipped = 0
         for k, ann in enumerate(anns):
             where = f"'{src}': annotation {ann.get('id', '?') if isinstance(ann, dict) else '?'} (annotations[{k}])"
             if not isinstance(ann, dict):
                 raise DatasetError(f"{where} is not an object")
-            if ann.get("iscrowd", 0) and not include_crowd:
-                continue
+            crowd = bool(ann.get("iscrowd", 0)) and not include_crowd
             try:
                 iid, cid = int(ann["image_id"]), int(ann["category_id"])
             except (KeyError, TypeError, ValueError) as exc:
@@ -373,16 +386,27 @@ class CocoDataset(DetectionDataset):
                     1 + tolerance
                 ):
                     raise DatasetError(f"{where}: bbox {bbox!r} reaches outside the {iw}x{ih} image")
+            if crowd:
+                crowds[index_of[iid]].append((x, y, x + w, y + h))
+                continue
             boxes[index_of[iid]].append((x, y, x + w, y + h))
             labels[index_of[iid]].append(cat_to_label[cid])
         self._boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
         self._labels = [np.asarray(lab, dtype=np.int64) for lab in labels]
+        self._crowd = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in crowds]
 
-    def boxes_for(self, index: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        b = self._boxes[index].copy()
+    @staticmethod
+    def _clip(b: np.ndarray, height: int, width: int) -> np.ndarray:
+        b = b.copy()
         b[:, 0::2] = b[:, 0::2].clip(0, width)
         b[:, 1::2] = b[:, 1::2].clip(0, height)
-        return b, self._labels[index].copy()
+        return b
+
+    def boxes_for(self, index: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._clip(self._boxes[index], height, width), self._labels[index].copy()
+
+    def ignore_for(self, index: int, height: int, width: int) -> np.ndarray | None:
+        return self._clip(self._crowd[index], height, width) if len(self._crowd[index]) else None
 
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):
@@ -407,6 +431,10 @@ class AugmentConfig:
     # "letterbox": s = 1 shows the image at the scale evaluation letterboxes it to (any image resolution);
     # "pixels": s = 1 keeps the original pixel size (CornerNet exactly; ref_scale = 1).
     scale_reference: str = "letterbox"
+    # (H, W) whose letterbox scale is s = 1 under "letterbox" (None: output_size). Training on crops smaller
+    # than the evaluation input (e.g. 256x256 crops for a 384x640 model) sets it to the evaluation size so
+    # that objects keep the size they have at test time.
+    reference_size: tuple[int, int] | None = None
     crop_border: float = 128.0  # crop centres keep this many output pixels from the image border (halved
     #                             until it fits, as in CornerNet)
     flip_prob: float = 0.5  # probability of a horizontal flip
@@ -426,6 +454,11 @@ class AugmentConfig:
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
             raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range!r}")
         self.scale_range = (float(lo_hi[0]), float(lo_hi[1]))
+        if self.reference_size is not None:
+            r = tuple(self.reference_size)
+            if len(r) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in r):
+                raise ValueError(f"reference_size must be (H, W) positive ints or null, got {self.reference_size!r}")
+            self.reference_size = (int(r[0]), int(r[1]))
         if self.scale_reference not in ("letterbox", "pixels"):
             raise ValueError(f"scale_reference must be 'letterbox' or 'pixels', got {self.scale_reference!r}")
         if not self.crop_border >= 0:
@@ -563,7 +596,8 @@ def augment(
     """
     ih, iw = image.shape[:2]
     oh, ow = cfg.output_size
-    ref = min(oh / ih, ow / iw) if cfg.scale_reference == "letterbox" else 1.0
+    rh, rw = cfg.reference_size or cfg.output_size
+    ref = min(rh / ih, rw / iw) if cfg.scale_reference == "letterbox" else 1.0
     s = rng.uniform(*cfg.scale_range)
     zoom = ref / s  # output pixels per image pixel
     crop_w, crop_h = ow / zoom, oh / zoom  # crop size in image pixels
@@ -644,7 +678,8 @@ class CenterNetDataset(torch.utils.data.Dataset):
     * ``image``: ``Tensor[3, H, W]`` float32, normalised RGB (``preprocess.MEAN`` / ``STD``); with
       ``normalize=False`` the uint8 RGB pixels instead (4x less to pass between processes and to copy to
       the GPU; normalise there with :func:`normalize_images`),
-    * ``boxes``: ``Tensor[N, 4]`` input pixels, ``labels``: ``Tensor[N]`` long,
+    * ``boxes``: ``Tensor[N, 4]`` input pixels, ``labels``: ``Tensor[N]`` long, ``ignore``: ``Tensor[K, 4]``
+      ignore regions in input pixels (:class:`Sample`),
     * ``targets``: :func:`targets.build_image_targets` of the image (when ``target_cfg`` is given),
     * ``scale``: ``Tensor[]``, ``offset``: ``Tensor[2]`` (x, y), ``orig_size``: ``Tensor[2]`` (h, w) — the
       letterbox mapping (scale 1, offset 0 for augmented images: their boxes are not mapped back),
@@ -664,6 +699,7 @@ class CenterNetDataset(torch.utils.data.Dataset):
         target_cfg=None,
         indices: Sequence[int] | None = None,
         normalize: bool = True,
+        cache_images: bool = False,
     ) -> None:
         from dataclasses import replace
 
@@ -683,6 +719,30 @@ class CenterNetDataset(torch.utils.data.Dataset):
         self.normalize = bool(normalize)
         self._rng: np.random.Generator | None = None
         self._rng_seed: int | None = None
+        self._cache: dict[int, Sample] | None = {} if cache_images else None
+
+    def fill_cache(self, progress: bool = False) -> None:
+        """Decode every image once now (before DataLoader workers fork, so they share the pixels).
+
+        Holds all decoded images in memory (e.g. 2,634 frames of 640x360: 1.8 GB); JPEG decoding then
+        leaves the training loop.
+        """
+        if self._cache is None:
+            raise ValueError("fill_cache needs cache_images=True")
+        from tqdm import tqdm
+
+        for i in tqdm(sorted(set(self.indices)), desc="decode images", unit="img", disable=not progress,
+                      leave=False):
+            if i not in self._cache:
+                self._cache[i] = self.base[i]
+
+    def _sample(self, index: int) -> Sample:
+        if self._cache is None:
+            return self.base[index]
+        s = self._cache.get(index)
+        if s is None:
+            s = self._cache[index] = self.base[index]
+        return s
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -694,21 +754,34 @@ class CenterNetDataset(torch.utils.data.Dataset):
             self._rng, self._rng_seed = np.random.default_rng(seed), seed
         return self._rng
 
-    def __getitem__(self, index: int) -> dict:
-        sample = self.base[self.indices[index]]
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: a position in ``indices``, or ``(position, seed)`` (``mixing.EpochSampler``): the
+        augmentation then draws from ``numpy.random.default_rng(seed)`` alone."""
+        if isinstance(key, (tuple, list)):
+            index, rng = int(key[0]), np.random.default_rng(int(key[1]))
+        else:
+            index, rng = int(key), None
+        sample = self._sample(self.indices[index])
         ih, iw = sample.image.shape[:2]
+        # ignore regions ride along as boxes of label -1 (same geometry, same clipping)
+        ign = np.zeros((0, 4), np.float32) if sample.ignore is None else np.asarray(sample.ignore, np.float32)
+        all_boxes = np.concatenate([np.asarray(sample.boxes, np.float32).reshape(-1, 4), ign.reshape(-1, 4)])
+        all_labels = np.concatenate([np.asarray(sample.labels, np.int64).reshape(-1),
+                                     np.full(len(ign), -1, np.int64)])
         if self.train:
-            img, boxes, labels = augment(sample.image, sample.boxes, sample.labels, cfg=self.augment,
-                                         rng=self._generator())
+            img, all_boxes, all_labels = augment(sample.image, all_boxes, all_labels, cfg=self.augment,
+                                                 rng=rng if rng is not None else self._generator())
             scale, ox, oy = 1.0, 0.0, 0.0
         else:
-            img, boxes, scale_off = letterbox_sample(sample.image, sample.boxes, size=self.input_size)
-            labels = sample.labels
+            img, all_boxes, scale_off = letterbox_sample(sample.image, all_boxes, size=self.input_size)
             scale, ox, oy = scale_off
+        obj = all_labels >= 0
+        boxes, labels, ignore = all_boxes[obj], all_labels[obj], all_boxes[~obj]
         item = {
             "image": _normalise(img) if self.normalize else _to_chw(img),
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).reshape(-1),
+            "ignore": torch.from_numpy(np.ascontiguousarray(ignore, dtype=np.float32)).reshape(-1, 4),
             "scale": torch.tensor(scale, dtype=torch.float32),
             "offset": torch.tensor([ox, oy], dtype=torch.float32),
             "orig_size": torch.tensor([ih, iw], dtype=torch.float32),
@@ -721,7 +794,7 @@ class CenterNetDataset(torch.utils.data.Dataset):
             s = self.target_cfg.stride
             item["targets"] = build_image_targets(
                 item["boxes"], item["labels"], output_size=(self.input_size[0] // s, self.input_size[1] // s),
-                cfg=self.target_cfg,
+                cfg=self.target_cfg, ignore_boxes=item["ignore"],
             )
         return item
 
@@ -745,6 +818,7 @@ def collate(items: Sequence[dict]) -> dict:
         "image": torch.stack([it["image"] for it in items]),
         "boxes": [it["boxes"] for it in items],
         "labels": [it["labels"] for it in items],
+        "ignore": [it["ignore"] for it in items],
         "scale": torch.stack([it["scale"] for it in items]),
         "offset": torch.stack([it["offset"] for it in items]),
         "orig_size": torch.stack([it["orig_size"] for it in items]),

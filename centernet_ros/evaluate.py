@@ -7,6 +7,8 @@ Usage::
     centernet-eval --weights runs/vehicles/best.safetensors \\
         --data ../shared/data/vehicles-openimages --split valid --out runs/vehicles/eval
     centernet-eval --weights model.safetensors --coco-images val2017/ --coco-json instances_val2017.json
+    centernet-eval --weights models/centernet_vehicles.safetensors --data ../shared/data/traffic-cctv \\
+        --class-map config/class_maps/traffic-cctv.yaml       # a 12-class dataset scored in 5 classes
 
 One forward pass per batch (images letterboxed on the device with ``preprocess.letterbox``) is decoded
 twice: ``triplet`` (the paper: a corner pair is kept only if a centre keypoint confirms it) and ``pairs``
@@ -90,7 +92,8 @@ def predict_and_evaluate(
                 boxes, scores, labels, num = (t.cpu() for t in dets)  # (B, D, 4), (B, D), (B, D), (B,)
                 for i, s in enumerate(samples):
                     n = int(num[i])
-                    evaluators[name].add(s.boxes, s.labels, boxes[i, :n], scores[i, :n], labels[i, :n])
+                    evaluators[name].add(s.boxes, s.labels, boxes[i, :n], scores[i, :n], labels[i, :n],
+                                         gt_ignore=s.ignore)
     finally:
         model.train(was_training)
     return {name: ev.compute() for name, ev in evaluators.items()}
@@ -150,6 +153,9 @@ class EvalConfig:
     amp: bool = True  # fp16 autocast on CUDA
     limit_images: int | None = None  # evaluate only the first N images (smoke tests)
     out: str | None = None  # folder for metrics.json / metrics.md (None: print only)
+    # YAML file mapping the dataset's class names to the model's (or null: ignore regions, not scored);
+    # None: the dataset's classes must be the model's
+    class_map: str | None = None
     progress: bool = True  # tqdm progress bar
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # decode settings shared by both modes
 
@@ -176,10 +182,16 @@ class EvalConfig:
             raise ValueError(f"limit_images must be >= 1, got {self.limit_images!r}")
 
 
-def load_dataset(cfg: EvalConfig) -> DetectionDataset:
-    if cfg.data is not None:
-        return YoloDataset(cfg.data, cfg.split)
-    return CocoDataset(cfg.coco_images, cfg.coco_json)
+def load_dataset(cfg: EvalConfig, class_names: Sequence[str] | None = None) -> DetectionDataset:
+    """The dataset ``cfg`` names; with ``cfg.class_map`` seen through it in the model's ``class_names``."""
+    base = YoloDataset(cfg.data, cfg.split) if cfg.data is not None else CocoDataset(cfg.coco_images, cfg.coco_json)
+    if cfg.class_map is None:
+        return base
+    from .mixing import ClassMappedDataset, read_class_map
+
+    if class_names is None:
+        raise ValueError("a class map needs the model's class names")
+    return ClassMappedDataset(base, class_names, read_class_map(cfg.class_map))
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -188,7 +200,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     device = resolve_device(cfg.device)
     model, meta = load_model(cfg.weights, device=device)
-    dataset = load_dataset(cfg)
+    dataset = load_dataset(cfg, meta.class_names)
     if list(dataset.class_names) != list(meta.class_names):
         print(
             f"warning: dataset classes {dataset.class_names} differ from the model's {meta.class_names}; "
@@ -254,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", dest="amp", action="store_false", help="disable fp16 autocast on CUDA")
     p.add_argument("--limit-images", type=int, help="evaluate only the first N images")
     p.add_argument("--out", help="folder for metrics.json and metrics.md")
+    p.add_argument("--class-map", help="YAML file: dataset class -> model class or null (e.g. "
+                   "config/class_maps/traffic-cctv.yaml); null classes become ignore regions")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     d = p.add_argument_group("decoding (shared by the triplet and pairs rows)")
     d.add_argument("--topk", type=int, default=DecodeConfig.topk)
@@ -286,6 +300,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> EvalConfig:
         amp=a.amp,
         limit_images=a.limit_images,
         out=a.out,
+        class_map=a.class_map,
         progress=a.progress,
         decode=dec,
     )

@@ -91,11 +91,15 @@ class DetectionEvaluator:
         self.max_dets = int(max_dets)
         self._gt: list[tuple[np.ndarray, np.ndarray]] = []
         self._dt: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._ignore: list[np.ndarray] = []
 
     def __len__(self) -> int:
         return len(self._gt)
 
-    def add(self, gt_boxes, gt_labels, det_boxes, det_scores, det_labels) -> None:
+    def add(self, gt_boxes, gt_labels, det_boxes, det_scores, det_labels, gt_ignore=None) -> None:
+        """Add one image. ``gt_ignore``: ``Tensor[K, 4]`` ignore regions (crowd boxes, classes a class map
+        drops), entered as ``iscrowd`` annotations of every class: detections inside them are neither true
+        nor false positives, as pycocotools treats crowd regions."""
         gb, gl = _np(gt_boxes, np.float64, (4,)), _np(gt_labels, np.int64, ())  # (N, 4), (N,)
         db, ds, dl = _np(det_boxes, np.float64, (4,)), _np(det_scores, np.float64, ()), _np(det_labels, np.int64, ())
         if gb.shape[0] != gl.shape[0]:
@@ -108,6 +112,8 @@ class DetectionEvaluator:
         if dl.size and dl.max() >= c:
             raise ValueError(f"det labels must be < {c}, got {dl.max()!r}")
         keep = dl >= 0
+        ig = np.zeros((0, 4)) if gt_ignore is None else _np(gt_ignore, np.float64, (4,))  # (K, 4)
+        self._ignore.append(ig)
         self._gt.append((gb, gl))
         self._dt.append((db[keep], ds[keep], dl[keep]))
 
@@ -137,13 +143,21 @@ class DetectionEvaluator:
                     out.append(a)
             return out
 
+        gt_anns = anns(self._gt, False)
+        for i, regions in enumerate(self._ignore):
+            for x1, y1, x2, y2 in regions.tolist():
+                for k in range(len(self.class_names)):  # a region of no class ignores detections of every class
+                    w, h = x2 - x1, y2 - y1
+                    gt_anns.append({"id": len(gt_anns) + 1, "image_id": i + 1, "category_id": k + 1,
+                                    "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 1})
         gt, dt = COCO(), COCO()
-        gt.dataset = {"images": images, "categories": cats, "annotations": anns(self._gt, False)}
+        gt.dataset = {"images": images, "categories": cats, "annotations": gt_anns}
         dt.dataset = {"images": images, "categories": cats, "annotations": anns(self._dt, True)}
         with contextlib.redirect_stdout(io.StringIO()):
             gt.createIndex()
             dt.createIndex()
-        return gt, dt, len(gt.dataset["annotations"]), len(dt.dataset["annotations"])
+        n_gt = sum(1 for a in gt_anns if not a["iscrowd"])
+        return gt, dt, n_gt, len(dt.dataset["annotations"])
 
     def _run(self, gt, dt, iou_thrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """COCOeval with ``iou_thrs`` -> (precision (T, R, K, A, M), iouThrs (T,))."""

@@ -68,7 +68,9 @@ class LossConfig:
             raise ValueError(f"push_margin must be a finite number > 0, got {v!r}")
 
 
-def focal_loss(logits: Tensor, gt: Tensor, *, alpha: float = 2.0, beta: float = 4.0) -> Tensor:
+def focal_loss(
+    logits: Tensor, gt: Tensor, *, alpha: float = 2.0, beta: float = 4.0, ignore: Tensor | None = None
+) -> Tensor:
     """Penalty-reduced pixel-wise focal loss of CornerNet on one heatmap head.
 
     With ``p = sigmoid(logits)`` and positives where ``gt == 1``::
@@ -79,11 +81,14 @@ def focal_loss(logits: Tensor, gt: Tensor, *, alpha: float = 2.0, beta: float = 
         loss = sum(neg)                                      (num_pos == 0)
 
     ``num_pos`` counts positives over the whole batch. ``log p`` and ``log(1 - p)`` are computed
-    with ``logsigmoid`` so very confident logits neither overflow nor produce ``inf``.
+    with ``logsigmoid`` so very confident logits neither overflow nor produce ``inf``. Cells marked in
+    ``ignore`` (crowd regions, unmapped classes) take no negative term on any class; positives there
+    still count.
 
     Args:
         logits: ``Tensor[B, C, H, W]`` raw heatmap logits (any float dtype).
         gt: ``Tensor[B, C, H, W]`` target heatmap in [0, 1], exactly 1 at keypoints.
+        ignore: ``Tensor[B, H, W]`` bool, or None.
     Returns:
         ``Tensor[]`` float32 scalar.
     """
@@ -98,7 +103,8 @@ def focal_loss(logits: Tensor, gt: Tensor, *, alpha: float = 2.0, beta: float = 
     pos_term = (1 - p).pow(alpha) * log_p
     neg_term = (1 - gt).pow(beta) * p.pow(alpha) * log_1mp
     pos_sum = torch.where(pos, pos_term, torch.zeros_like(pos_term)).sum()
-    neg_sum = torch.where(pos, torch.zeros_like(neg_term), neg_term).sum()
+    skip = pos if ignore is None else pos | ignore.to(device=x.device, dtype=torch.bool).unsqueeze(1)
+    neg_sum = torch.where(skip, torch.zeros_like(neg_term), neg_term).sum()
     num_pos = pos.sum().float()
     # num_pos == 0 -> pos_sum == 0 and the denominator is 1: the loss is the negative term alone.
     return -(pos_sum + neg_sum) / num_pos.clamp(min=1.0)
@@ -219,7 +225,11 @@ class CenterNetLoss(torch.nn.Module):
         heat_w = {"tl": cfg.tl_heat_weight, "br": cfg.br_heat_weight, "ct": cfg.ct_heat_weight}
 
         focal = sum(
-            heat_w[h] * focal_loss(outputs[f"{h}_heat"], tg[f"{h}_heat"], alpha=cfg.focal_alpha, beta=cfg.focal_beta)
+            heat_w[h]
+            * focal_loss(
+                outputs[f"{h}_heat"], tg[f"{h}_heat"], alpha=cfg.focal_alpha, beta=cfg.focal_beta,
+                ignore=tg.get("ignore"),
+            )
             for h in HEADS
         )
         pull, push = ae_loss(

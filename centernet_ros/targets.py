@@ -41,6 +41,7 @@ __all__ = [
     "build_targets",
     "collate_targets",
     "draw_gaussians",
+    "ignore_map",
     "keypoint_radii",
     "TARGET_KEYS",
 ]
@@ -57,6 +58,7 @@ TARGET_KEYS = (
     "br_regr",
     "ct_regr",
     "mask",
+    "ignore",
 )
 
 
@@ -150,12 +152,46 @@ def _keypoints(points: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
     return cells.long(), p - cells
 
 
+def ignore_map(ignore_boxes: Tensor | np.ndarray | None, *, output_size: tuple[int, int], stride: int) -> Tensor:
+    """Map cells covered by ignore regions (COCO crowd boxes, unmapped source classes).
+
+    A cell ``(x, y)`` covers input pixels ``[x s, (x + 1) s) x [y s, (y + 1) s)``; it is ignored when that
+    square overlaps a region with positive area (the region is clipped to the input first).
+
+    Args:
+        ignore_boxes: ``Tensor[K, 4]`` or array x1, y1, x2, y2 in network-input pixels, or None (K may be 0).
+        output_size: ``(H, W)`` of the output map; stride: input pixels per cell.
+    Returns:
+        ``Tensor[H, W]`` bool, on the device of ``ignore_boxes`` (CPU for arrays / None).
+    """
+    h, w = (int(v) for v in output_size)
+    device = ignore_boxes.device if isinstance(ignore_boxes, Tensor) else None
+    out = torch.zeros(h, w, dtype=torch.bool, device=device)
+    if ignore_boxes is None:
+        return out
+    b = _as_tensor(ignore_boxes, torch.float32, device).reshape(-1, 4) / float(stride)  # (K, 4) map units
+    if b.shape[0] == 0:
+        return out
+    x1 = b[:, 0].clamp(0, w).floor().long()
+    y1 = b[:, 1].clamp(0, h).floor().long()
+    x2 = b[:, 2].clamp(0, w).ceil().long()  # exclusive
+    y2 = b[:, 3].clamp(0, h).ceil().long()
+    xs = torch.arange(w, device=out.device)
+    ys = torch.arange(h, device=out.device)
+    valid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])  # (K,), NaN compares False
+    in_x = (xs[None, :] >= x1[:, None]) & (xs[None, :] < x2[:, None])  # (K, W)
+    in_y = (ys[None, :] >= y1[:, None]) & (ys[None, :] < y2[:, None])  # (K, H)
+    cover = (in_y[:, :, None] & in_x[:, None, :] & valid[:, None, None]).any(dim=0)  # (H, W)
+    return out | cover
+
+
 def build_image_targets(
     boxes: Tensor | np.ndarray,
     labels: Tensor | np.ndarray,
     *,
     output_size: tuple[int, int],
     cfg: TargetConfig,
+    ignore_boxes: Tensor | np.ndarray | None = None,
 ) -> dict[str, Tensor]:
     """Targets of one image (use in ``Dataset.__getitem__``; stack with :func:`collate_targets`).
 
@@ -168,10 +204,12 @@ def build_image_targets(
         labels: ``Tensor[N]`` or array of class ids in ``[0, num_classes)``.
         output_size: ``(H, W)`` of the output map (input size // stride).
         cfg: target options.
+        ignore_boxes: ``Tensor[K, 4]`` ignore regions in network-input pixels (see :func:`ignore_map`).
     Returns:
         dict with ``{tl,br,ct}_heat`` ``Tensor[C, H, W]`` float32, ``{tl,br,ct}_inds``
-        ``Tensor[M]`` long, ``{tl,br,ct}_regr`` ``Tensor[M, 2]`` float32 and ``mask``
-        ``Tensor[M]`` bool, on the device of ``boxes`` (CPU for arrays).
+        ``Tensor[M]`` long, ``{tl,br,ct}_regr`` ``Tensor[M, 2]`` float32, ``mask``
+        ``Tensor[M]`` bool and ``ignore`` ``Tensor[H, W]`` bool (cells where the focal loss takes no
+        negative term), on the device of ``boxes`` (CPU for arrays).
     """
     h, w = (int(v) for v in output_size)
     if h < 1 or w < 1:
@@ -226,6 +264,7 @@ def build_image_targets(
     mask = torch.zeros(m, dtype=torch.bool, device=b.device)
     mask[:n] = True
     out["mask"] = mask
+    out["ignore"] = ignore_map(ignore_boxes, output_size=(h, w), stride=cfg.stride).to(b.device)
     return {k: out[k] for k in TARGET_KEYS}
 
 
@@ -234,7 +273,7 @@ def collate_targets(targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
 
     Returns:
         dict with ``*_heat`` ``Tensor[B, C, H, W]``, ``*_inds`` ``Tensor[B, M]``,
-        ``*_regr`` ``Tensor[B, M, 2]``, ``mask`` ``Tensor[B, M]``.
+        ``*_regr`` ``Tensor[B, M, 2]``, ``mask`` ``Tensor[B, M]``, ``ignore`` ``Tensor[B, H, W]``.
     """
     if len(targets) == 0:
         raise ValueError("collate_targets needs at least one image, got 0")

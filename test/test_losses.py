@@ -114,6 +114,27 @@ def test_focal_matches_reference(n_pos):
     assert got.item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("n_pos", [0, 4])
+def test_focal_ignore_regions_drop_negatives_only(n_pos):
+    """Cells in an ignore region (crowd, unmapped class) take no negative term on any class; positives
+    there still count (reference: the same loss over the cells outside the regions plus all positives)."""
+    gen = torch.Generator().manual_seed(10 + n_pos)
+    logits = torch.randn(2, 3, 5, 6, generator=gen) * 3
+    gt = random_heat_target(gen, logits.shape, n_pos)
+    ignore = torch.zeros(2, 5, 6, dtype=torch.bool)
+    ignore[0, 1:4, 2:5] = True
+    ignore[1, :, 0] = True
+    gt[0, 1, 2, 3] = 1.0  # a positive inside a region
+    lg, g = logits.double().numpy(), gt.double().numpy()
+    keep = ~ignore.numpy()[:, None].repeat(3, axis=1) | (g == 1.0)  # (B, C, H, W)
+    ref = focal_reference(lg[keep], g[keep])
+    got = focal_loss(logits, gt, ignore=ignore)
+    assert got.item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    assert got.item() != pytest.approx(focal_loss(logits, gt).item(), rel=1e-3)  # the regions matter
+    none = focal_loss(logits, gt, ignore=torch.zeros(2, 5, 6, dtype=torch.bool))
+    assert none.item() == pytest.approx(focal_loss(logits, gt).item(), rel=1e-7)
+
+
 def test_focal_alpha_beta_matter():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(1, 2, 4, 4, generator=gen)

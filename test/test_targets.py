@@ -26,7 +26,24 @@ def scalar_radius(h: float, w: float, min_overlap: float = 0.7, variant: str = "
     return max(0, int(math.floor(float(gaussian_radius(float(h), float(w), min_overlap, variant=variant)))))
 
 
-def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_objects=128):
+def reference_ignore(ignore_boxes, out_h, out_w, stride=4):
+    """Cell (x, y) covers input pixels [x s, (x+1) s) x [y s, (y+1) s); ignored if it overlaps a region."""
+    out = np.zeros((out_h, out_w), dtype=bool)
+    for x1, y1, x2, y2 in np.asarray(ignore_boxes if ignore_boxes is not None else np.zeros((0, 4))).reshape(-1, 4).tolist():
+        x1, x2 = (min(max(v, 0.0), out_w * stride) for v in (x1, x2))
+        y1, y2 = (min(max(v, 0.0), out_h * stride) for v in (y1, y2))
+        if not (x2 > x1 and y2 > y1):
+            continue
+        for y in range(out_h):
+            for x in range(out_w):
+                ox = min(x2, (x + 1) * stride) - max(x1, x * stride)
+                oy = min(y2, (y + 1) * stride) - max(y1, y * stride)
+                if ox > 0 and oy > 0:
+                    out[y, x] = True
+    return out
+
+
+def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_objects=128, ignore_boxes=None):
     """Straightforward per-object, per-pixel construction in float64 numpy."""
     heats = {k: np.zeros((num_classes, out_h, out_w)) for k in ("tl", "br", "ct")}
     inds = {k: np.zeros(max_objects, dtype=np.int64) for k in ("tl", "br", "ct")}
@@ -60,6 +77,7 @@ def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_ob
     for k in ("tl", "br", "ct"):
         out[f"{k}_heat"], out[f"{k}_inds"], out[f"{k}_regr"] = heats[k], inds[k], regr[k]
     out["mask"] = mask
+    out["ignore"] = reference_ignore(ignore_boxes, out_h, out_w, stride)
     return out
 
 
@@ -294,3 +312,27 @@ def test_invalid_inputs():
 def test_target_config_validation(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         TargetConfig(**kwargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ignore_regions_match_bruteforce(device):
+    """Ignore regions (crowd boxes, unmapped classes) mark every map cell they overlap; none -> all False."""
+    rng = np.random.default_rng(7)
+    cfg = TargetConfig(num_classes=3)
+    for trial in range(20):
+        ign = random_boxes(rng, int(rng.integers(0, 4)), 64)
+        ign[:, :2] -= 3.0  # some reach outside the input: clipped
+        boxes = random_boxes(rng, 2, 64)
+        got = build_image_targets(torch.as_tensor(boxes, device=device), torch.tensor([0, 2], device=device),
+                                  output_size=(16, 16), cfg=cfg, ignore_boxes=torch.as_tensor(ign, device=device))
+        ref = reference_targets(boxes, [0, 2], 16, 16, 3, ignore_boxes=ign)
+        assert_matches_reference(got, ref)
+        assert got["ignore"].device.type == torch.device(device).type
+    # a region of one pixel inside a cell marks exactly that cell; a degenerate one marks nothing
+    got = build_image_targets(np.zeros((0, 4)), np.zeros(0), output_size=(4, 4), cfg=cfg,
+                              ignore_boxes=np.array([[5.2, 9.5, 5.9, 9.9], [3, 3, 3, 8]], np.float32))
+    expect = np.zeros((4, 4), bool)
+    expect[2, 1] = True
+    np.testing.assert_array_equal(got["ignore"].numpy(), expect)
+    empty = build_image_targets(np.zeros((0, 4)), np.zeros(0), output_size=(4, 4), cfg=cfg)
+    assert empty["ignore"].shape == (4, 4) and not empty["ignore"].any()

@@ -13,7 +13,8 @@ import torch
 
 from centernet_ros import evaluate as eval_cli
 from centernet_ros import train as train_cli
-from centernet_ros.train import OptimConfig, config_from_args, load_config, lr_factor
+from centernet_ros.train import config_from_args
+from centernet_ros.train_config import OptimConfig, load_config, lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "vehicles-openimages"
@@ -199,20 +200,20 @@ def test_ddp_two_cpu_processes(tmp_path):
 @needs_data
 def test_checkpoint_and_validation_intervals(tmp_path, monkeypatch):
     saved, validated = [], []
-    real_save = train_cli._save_checkpoint
-    real_eval = train_cli.predict_and_evaluate
+    real_save = train_cli.save_training_state
+    real_validate = train_cli.validate
 
-    def save(out_dir, model, optimizer, scaler, epoch, *args):
-        saved.append(epoch)
-        return real_save(out_dir, model, optimizer, scaler, epoch, *args)
+    def save(path, **kw):
+        saved.append(kw["counters"]["epoch"])
+        return real_save(path, **kw)
 
-    def evaluate(*args, **kwargs):
+    def validate(*args, **kwargs):
         # the epoch being finished: one more than the rows already in the log
         validated.append(len((out / "log.csv").read_text().strip().splitlines()))
-        return real_eval(*args, **kwargs)
+        return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(train_cli, "_save_checkpoint", save)
-    monkeypatch.setattr(train_cli, "predict_and_evaluate", evaluate)
+    monkeypatch.setattr(train_cli, "save_training_state", save)
+    monkeypatch.setattr(train_cli, "validate", validate)
     out = tmp_path / "run"
     args = _tiny_args(out, "--epochs", "5", "--limit-images", "2", "--max-iters", "100", "--val-interval", "3",
                       "--set", "train.save_interval=2")
