@@ -48,12 +48,12 @@ import torch
 import yaml
 
 from .checkpoint import STATE_NAME, ModelEMA, load_training_state, restore_rng, save_training_state
-from .data import collate, normalize_images, worker_init_fn
+from .data import collate, normalize_images
 from .train_config import TrainConfig, config_to_dict, load_config, lr_factor
 from .train_support import (CsvLog, StopSignals, build_data, cpu_bf16_supported, init_distributed, tensorboard,
-                            validate, write_val_json)
+                            train_worker_init, validate, write_val_json)
 
-__all__ = ["train", "main", "build_parser", "config_from_args"]
+__all__ = ["train", "train_step", "amp_setting", "main", "build_parser", "config_from_args"]
 
 
 def _autocast(device: torch.device, amp: bool, dtype: torch.dtype):
@@ -63,7 +63,34 @@ def _autocast(device: torch.device, amp: bool, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _amp_setting(oc, device: torch.device) -> tuple[bool, torch.dtype]:
+def train_step(net, model, batch: dict, *, criterion, optimizer, scaler, device: torch.device,
+               memory_format: torch.memory_format, amp: bool, amp_dtype: torch.dtype, grad_clip: float | None,
+               ema: ModelEMA | None = None) -> dict[str, torch.Tensor]:
+    """One optimisation step on a :func:`data.collate` batch (uint8 images normalised on ``device``).
+
+    ``net`` is what runs the forward (``model`` or its DDP wrapper); returns the detached loss terms.
+    """
+    x = normalize_images(batch["image"].to(device, non_blocking=True))  # (B, 3, H, W)
+    x = x.contiguous(memory_format=memory_format)
+    targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
+    with _autocast(device, amp, amp_dtype):
+        outputs = net(x)
+    loss, terms = criterion(outputs, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    if ema is not None:
+        ema.update(model)
+    return terms
+
+
+def amp_setting(oc, device: torch.device) -> tuple[bool, torch.dtype]:
+    """``(use autocast, dtype)`` for ``train`` options ``oc`` on ``device``: CUDA autocast, or CPU bf16
+    autocast where the CPU has native bf16 (else fp32)."""
     dtype = torch.bfloat16 if oc.amp_dtype == "bfloat16" else torch.float16
     if not oc.amp:
         return False, dtype
@@ -123,7 +150,7 @@ def train(cfg: TrainConfig) -> dict:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         optimizer = torch.optim.Adam(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
-        use_amp, amp_dtype = _amp_setting(oc, device)
+        use_amp, amp_dtype = amp_setting(oc, device)
         scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu",
                                       enabled=use_amp and device.type == "cuda" and amp_dtype == torch.float16)
         ema = ModelEMA(model, decay=oc.ema_decay, tau=oc.ema_tau) if oc.ema else None
@@ -154,7 +181,7 @@ def train(cfg: TrainConfig) -> dict:
             data.train_set.fill_cache(progress=oc.progress and dist.main)
         loader = torch.utils.data.DataLoader(
             data.train_set, batch_size=per_proc, sampler=sampler, num_workers=oc.workers, collate_fn=collate,
-            worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda", drop_last=True,
+            worker_init_fn=train_worker_init, pin_memory=device.type == "cuda", drop_last=True,
             persistent_workers=oc.workers > 0, prefetch_factor=4 if oc.workers > 0 else None,
         )
 
@@ -184,7 +211,8 @@ def train(cfg: TrainConfig) -> dict:
                     disable=not (dist.main and oc.progress))
         stopped: str | None = None
         iters_here = 0
-        last_ckpt = time.monotonic()
+        last_ckpt = t_log = time.monotonic()
+        it_log = 0
         model.train()
         with StopSignals() as signals:
             while epoch < last_epoch and step < total_iters and stopped is None:
@@ -196,21 +224,9 @@ def train(cfg: TrainConfig) -> dict:
                     lr = oc.lr * lr_factor(step, cfg=oc, total_iters=total_iters, iters_per_epoch=iters_per_epoch)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
-                    x = normalize_images(batch["image"].to(device, non_blocking=True))  # (B, 3, H, W)
-                    x = x.contiguous(memory_format=memory_format)
-                    targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
-                    with _autocast(device, use_amp, amp_dtype):
-                        outputs = net(x)
-                    loss, terms = criterion(outputs, targets)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if oc.grad_clip is not None:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if ema is not None:
-                        ema.update(model)
+                    terms = train_step(net, model, batch, criterion=criterion, optimizer=optimizer, scaler=scaler,
+                                       device=device, memory_format=memory_format, amp=use_amp,
+                                       amp_dtype=amp_dtype, grad_clip=oc.grad_clip, ema=ema)
                     step += 1
                     n_it += 1
                     iters_here += 1
@@ -222,8 +238,14 @@ def train(cfg: TrainConfig) -> dict:
                         vals = vals.tolist()  # one device sync
                         if not math.isfinite(vals[0]):
                             raise FloatingPointError(f"loss is not finite at iteration {step}: {vals[0]!r}")
-                        pbar.set_postfix_str(f"loss {vals[0]:.3f} focal {vals[1]:.3f} pull {vals[2]:.3f} "
-                                             f"push {vals[3]:.3f} regr {vals[4]:.3f} lr {lr:.2e}")
+                        text = (f"loss {vals[0]:.3f} focal {vals[1]:.3f} pull {vals[2]:.3f} push {vals[3]:.3f} "
+                                f"regr {vals[4]:.3f} lr {lr:.2e}")
+                        pbar.set_postfix_str(text)
+                        if not oc.progress and dist.main:  # a log file instead of a bar: one line per log_every
+                            rate = (time.monotonic() - t_log) / max(1, iters_here - it_log)
+                            print(f"iteration {step}/{total_iters} epoch {epoch + 1}: {text} ({rate:.2f} s/it)",
+                                  file=sys.stderr, flush=True)
+                            t_log, it_log = time.monotonic(), iters_here
                     if signals.received is not None:
                         stopped = signal.Signals(signals.received).name
                     elif oc.stop_after_iters is not None and iters_here >= oc.stop_after_iters:

@@ -22,7 +22,7 @@ from .mixing import EpochSampler, MixedDataset, load_spec_dataset
 from .train_config import TrainConfig
 
 __all__ = ["Dist", "init_distributed", "TrainData", "build_data", "validate", "CsvLog", "tensorboard",
-           "StopSignals", "cpu_bf16_supported"]
+           "StopSignals", "cpu_bf16_supported", "train_worker_init"]
 
 
 @dataclass
@@ -59,15 +59,10 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
 
 def cpu_bf16_supported() -> bool:
     """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), where CPU autocast pays."""
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(cpu, probe, None)
-        try:
-            if fn is not None and fn():
-                return True
-        except Exception:  # pragma: no cover - private probes may change
-            pass
-    return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # oneDNN has native bf16 kernels here
+    except Exception:  # pragma: no cover - older / unusual builds
+        return False
 
 
 @dataclass
@@ -178,6 +173,20 @@ def tensorboard(out_dir: Path):
     except Exception:  # tensorboard not installed
         return None
     return SummaryWriter(str(out_dir / "tb"))
+
+
+def train_worker_init(worker_id: int) -> None:
+    """DataLoader worker setup for training: :func:`data.worker_init_fn`, and SIGINT / SIGTERM ignored.
+
+    Ctrl-C in a terminal, ``timeout`` or a service manager signal the whole process group; a worker that
+    died of it would take the run down before the main process could checkpoint. The main process ends
+    the workers itself (and they exit when it is gone).
+    """
+    from .data import worker_init_fn
+
+    worker_init_fn(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StopSignals:

@@ -60,11 +60,12 @@ def test_stop_mid_epoch_and_resume_gives_the_same_weights(tmp_path, uninterrupte
     _assert_same_training(uninterrupted, _state(out))
 
 
-def _start(out: Path, *extra: str) -> subprocess.Popen:
+def _start(out: Path, *extra: str, workers: int = 0) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "centernet_ros.train", *RUN, "--output-dir", str(out), "--workers", "0",
+    cmd = [sys.executable, "-m", "centernet_ros.train", *RUN, "--output-dir", str(out), "--workers", str(workers),
            "--set", "train.checkpoint_iters=1", *extra]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def _wait_for_step(out: Path, proc: subprocess.Popen, step: int, timeout: float = 240.0) -> None:
@@ -83,15 +84,25 @@ def _wait_for_step(out: Path, proc: subprocess.Popen, step: int, timeout: float 
 
 
 @needs_data
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_signal_then_resume_gives_the_same_weights(tmp_path, uninterrupted, sig):
+@pytest.mark.parametrize("sig, group", [(signal.SIGTERM, False), (signal.SIGKILL, False), (signal.SIGINT, True)],
+                         ids=["sigterm", "sigkill", "ctrl-c-to-the-process-group"])
+def test_signal_then_resume_gives_the_same_weights(tmp_path, uninterrupted, sig, group):
+    """SIGTERM: checkpoint after the current iteration, exit 143. SIGKILL: the last checkpoint. Ctrl-C in a
+    terminal signals the whole process group, data-loader workers included: they ignore it and the main
+    process checkpoints and exits 130."""
     torch.set_num_threads(1)
     out = tmp_path / "run"
-    proc = _start(out)
+    proc = _start(out, workers=1 if group else 0)
     _wait_for_step(out, proc, 2)
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     text, _ = proc.communicate(timeout=120)
-    if sig == signal.SIGTERM:
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, text[-2000:]
+        assert "stopped (SIGINT)" in text and "Traceback" not in text
+    elif sig == signal.SIGTERM:
         assert proc.returncode == 143, text[-2000:]
         assert "stopped (SIGTERM)" in text and "--resume" in text and "Traceback" not in text
     else:
