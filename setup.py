@@ -53,6 +53,7 @@ setup(
             "centernet-train = centernet_ros.train:main",
             "centernet-eval = centernet_ros.evaluate:main",
             "centernet-export = centernet_ros.export:main",
+            "centernet-pack-data = centernet_ros.pack_data:main",
         ],
     },
 )

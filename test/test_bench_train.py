@@ -32,3 +32,41 @@ def test_bench_train_smoke(tmp_path, capsys, monkeypatch):
         assert r["load_img_s"] > 0 and r["step_img_s"] > 0 and r["loop_img_s"] > 0
         assert len(r["rounds"]["loop"]) == 2
     assert data["config"]["input_size"] == [256, 256] and data["env"]["load_average_start"] is not None
+
+
+@pytest.mark.skipif(not (SHARED / "traffic-cctv").is_dir(), reason="../shared/data not available")
+def test_gpu_train_script_smoke():
+    """benchmarks/gpu_train.sh --smoke: packs a few images and trains 2 iterations on the CPU."""
+    import subprocess
+
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_train.sh"), "--smoke"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                             "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "gpu_train.sh --smoke: ok" in proc.stdout and "iterations: 2" in proc.stdout
+
+
+@pytest.mark.skipif(not (SHARED / "traffic-cctv").is_dir(), reason="../shared/data not available")
+def test_pack_data_keeps_labels_and_fits_the_budget(tmp_path, monkeypatch):
+    import numpy as np
+    import yaml
+
+    from centernet_ros.mixing import DatasetSpec, load_spec_dataset
+    from centernet_ros.pack_data import main as pack_main
+
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "pack"
+    assert pack_main(["--config", "config/train_vehicles_cpu.yaml", "--out", str(out), "--limit-images", "4",
+                      "--max-side", "320", "--thin", "traffic-cctv", "--every", "2"]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert [e["path"] for e in cfg["data"]["train"]] == [str(out / "openimages"), str(out / "traffic-cctv")]
+    assert isinstance(cfg["data"]["train"][1]["class_map"], dict) and cfg["data"]["val"] == []
+    src = load_spec_dataset(DatasetSpec(path=str(SHARED / "traffic-cctv"), split="train", limit_images=4))
+    packed = load_spec_dataset(DatasetSpec(path=str(out / "traffic-cctv"), split="train"))
+    assert len(packed) == 2  # every 2nd of 4
+    a, b = src[2], packed[1]
+    assert max(b.image.shape[:2]) == 320 and a.labels.tolist() == b.labels.tolist()
+    scale = b.image.shape[1] / a.image.shape[1]
+    np.testing.assert_allclose(b.boxes, a.boxes * scale, atol=0.6)
+    assert pack_main(["--config", "config/train_vehicles_cpu.yaml", "--out", str(out), "--limit-images", "4",
+                      "--budget-mib", "0.01"]) == 2
