@@ -25,7 +25,7 @@ LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 
 # launch argument (= node parameter) -> (type, description)
 OVERRIDES = {
-    'weights': (str, 'model file (.safetensors); "" in params_file = the bundled models/centernet_vehicles.safetensors'),
+    'weights': (str, 'model file (.safetensors)'),
     'device': (str, 'auto | cpu | cuda | cuda:N'),
     'input_size': ([int], 'network input [H, W], multiples of 32; [0, 0] = the size stored in the model'),
     'fp16': (bool, 'half-precision forward pass on CUDA'),
@@ -46,6 +46,10 @@ OVERRIDES = {
     'max_batch_size': (int, 'most camera frames in one forward pass'),
     'max_batch_latency_ms': (float, 'longest wait for more cameras after the first pending frame'),
 }
+
+
+# what an empty launch argument means, where it says more than "from params_file"
+EMPTY = {'weights': 'from params_file (config/detect.yaml: the bundled models/centernet_vehicles.safetensors)'}
 
 
 def default_params_file():
@@ -127,7 +131,7 @@ def generate_launch_description():
                               description='level of the node\'s logger: debug | info | warn | error | fatal'),
     ]
     args += [
-        DeclareLaunchArgument(name, default_value='', description=f'{text}; empty: from params_file')
+        DeclareLaunchArgument(name, default_value='', description=f'{text}; empty: {EMPTY.get(name, "from params_file")}')
         for name, (_, text) in OVERRIDES.items()
     ]
     return LaunchDescription(args + [OpaqueFunction(function=_launch_node)])

@@ -123,6 +123,37 @@ class Proc:
             pass
 
 
+def children(pid: int) -> list[int]:
+    """Process ids of the direct children of ``pid`` (Linux /proc)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (Linux /proc/<pid>/status ``SigCgt``)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, flags=re.M).group(1), 16)
+    return bool(mask >> (sig - 1) & 1)
+
+
+def wait_until_handled(parent: int, timeout: float = TIMEOUT) -> int:
+    """The pid of the (only) child of ``parent`` once it handles SIGTERM: the executables install their
+    SIGINT / SIGTERM handling first thing (centernet_ros/ros/stop.py), before their heavy imports; only the
+    interpreter's own start-up (~0.1 s on an idle core) comes before."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = children(parent)
+        if len(kids) == 1 and catches(kids[0], signal.SIGTERM):
+            return kids[0]
+        time.sleep(0.01)
+    pytest.fail(f"no child of {parent} handling SIGTERM within {timeout:.0f} s")
+
+
 def assert_clean(proc: Proc, code: int) -> None:
     """Exit status 0 and no traceback, no node that died (``process has died``) in the output."""
     out = proc.output
