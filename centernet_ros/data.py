@@ -304,6 +304,14 @@ class CocoDataset(DetectionDataset):
     makes them ordinary objects; boxes of zero
     width or height are skipped (counted in ``num_skipped``). Everything else that is malformed raises
     :class:`DatasetError` naming the json file and the annotation.
+
+    Image sizes: where the json gives an image's ``width`` and ``height``, the file's size is read from its
+    header at construction (``image_header.read_image_size``: no decoding; a format without a header parser
+    is decoded) and a file of another size is refused with a :class:`DatasetError` naming the file and both
+    sizes (the boxes would not fit its pixels), as is a missing file. ``rescale_mismatched=True`` instead
+    scales that image's boxes (and crowd regions) by file size / json size; ``num_rescaled`` counts those
+    images. ``json_sizes[i]`` holds the declared ``(H, W)`` (None where the json gives none); evaluation
+    maps detections back to it (``coco_eval.CocoJsonEvaluator``). Annotation ids must be unique.
     """
 
     def __init__(
@@ -313,6 +321,9 @@ class CocoDataset(DetectionDataset):
         *,
         include_crowd: bool = False,  # keep iscrowd=1 boxes as ordinary objects
         tolerance: float = 0.01,  # fraction of the image size a box may reach outside it
+        # an image file whose size differs from the json's width/height: False refuses the dataset, True
+        # scales that image's boxes to the file (file size / json size per axis)
+        rescale_mismatched: bool = False,
     ) -> None:
         images_dir, annotation_json = Path(images_dir), Path(annotation_json)
         if not images_dir.is_dir():
@@ -353,15 +364,25 @@ class CocoDataset(DetectionDataset):
             sizes[iid] = (im.get("height"), im.get("width"))
             self.image_paths.append(images_dir / fname)
             self.image_ids.append(iid)
+        self.annotation_json = annotation_json
+        self.rescale_mismatched = bool(rescale_mismatched)
+        self.json_sizes = [_declared_size(*sizes[iid]) for iid in self.image_ids]  # (H, W) or None
+        self.num_rescaled = self._check_image_sizes(src)
         index_of = {iid: i for i, iid in enumerate(self.image_ids)}
         boxes: list[list] = [[] for _ in self.image_ids]
         labels: list[list] = [[] for _ in self.image_ids]
         crowds: list[list] = [[] for _ in self.image_ids]
         self.num_skipped = 0
+        ann_ids: set = set()
         for k, ann in enumerate(anns):
             where = f"'{src}': annotation {ann.get('id', '?') if isinstance(ann, dict) else '?'} (annotations[{k}])"
             if not isinstance(ann, dict):
                 raise DatasetError(f"{where} is not an object")
+            if "id" in ann:  # pycocotools indexes annotations by id: a duplicate would replace the other
+                key = repr(ann["id"])
+                if key in ann_ids:
+                    raise DatasetError(f"{where}: duplicate annotation id {ann['id']!r}")
+                ann_ids.add(key)
             crowd = bool(ann.get("iscrowd", 0)) and not include_crowd
             try:
                 iid, cid = int(ann["image_id"]), int(ann["category_id"])
@@ -395,18 +416,47 @@ class CocoDataset(DetectionDataset):
         self._labels = [np.asarray(lab, dtype=np.int64) for lab in labels]
         self._crowd = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in crowds]
 
-    @staticmethod
-    def _clip(b: np.ndarray, height: int, width: int) -> np.ndarray:
+    def _check_image_sizes(self, src: str) -> int:
+        """Compare each declared size with the file's header; returns the number of mismatched images
+        (refused unless ``rescale_mismatched``)."""
+        from .image_header import ImageHeaderError, read_image_size
+
+        mismatched = 0
+        for path, declared in zip(self.image_paths, self.json_sizes):
+            if declared is None:
+                continue
+            try:
+                wh = read_image_size(path)
+                if wh is None:  # a format without a header parser: decode it
+                    wh = read_image(path).shape[1::-1]
+            except FileNotFoundError:
+                raise DatasetError(f"'{src}': image file '{path}' listed in the annotations not found") from None
+            except (OSError, ImageHeaderError) as exc:
+                raise DatasetError(f"'{src}': cannot read the size of image '{path}': {exc}") from None
+            if (wh[1], wh[0]) != declared:
+                if not self.rescale_mismatched:
+                    raise DatasetError(_size_mismatch(src, path, (wh[1], wh[0]), declared))
+                mismatched += 1
+        return mismatched
+
+    def _fit(self, b: np.ndarray, index: int, height: int, width: int) -> np.ndarray:
+        """Boxes of image ``index`` (json pixels) in the pixels of its ``height x width`` file, clipped."""
+        declared = self.json_sizes[index]
         b = b.copy()
+        if declared is not None and declared != (height, width):
+            if not self.rescale_mismatched:
+                raise DatasetError(_size_mismatch(str(self.annotation_json), self.image_paths[index],
+                                                  (height, width), declared))
+            b *= np.array([width / declared[1], height / declared[0]] * 2, dtype=np.float32)
         b[:, 0::2] = b[:, 0::2].clip(0, width)
         b[:, 1::2] = b[:, 1::2].clip(0, height)
         return b
 
     def boxes_for(self, index: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._clip(self._boxes[index], height, width), self._labels[index].copy()
+        return self._fit(self._boxes[index], index, height, width), self._labels[index].copy()
 
     def ignore_for(self, index: int, height: int, width: int) -> np.ndarray | None:
-        return self._clip(self._crowd[index], height, width) if len(self._crowd[index]) else None
+        return self._fit(self._crowd[index], index, height, width) if len(self._crowd[index]) else None
 
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):
@@ -415,6 +465,21 @@ class CocoDataset(DetectionDataset):
         if not path.is_file():
             raise DatasetError(f"image file '{path}' listed in the annotations not found")
         return super().__getitem__(index)
+
+
+def _declared_size(height, width) -> tuple[float, float] | None:
+    """A json image's ``(height, width)`` when both are positive numbers, else None."""
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (height, width))
+    return (height, width) if ok else None
+
+
+def _size_mismatch(src: str, path: Path, file_hw: tuple, json_hw: tuple) -> str:
+    return (
+        f"'{src}': image file '{path}' is {file_hw[1]}x{file_hw[0]} pixels (width x height) but the annotations "
+        f"say {json_hw[1]}x{json_hw[0]}: its boxes would not fit the pixels. Correct width/height in the "
+        "annotation file, or scale the boxes to the file with rescale_mismatched=True "
+        "(centernet-eval --rescale-mismatched)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------

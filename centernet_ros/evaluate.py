@@ -15,11 +15,27 @@ twice: ``triplet`` (the paper: a corner pair is kept only if a centre keypoint c
 (CornerNet: no centre check), so both rows of the report come from the same network outputs. Writes
 ``metrics.json`` and ``metrics.md`` (one Markdown table: AP, AP50, AP75, APs/m/l, FD, FD_S/M/L; and the
 per-class AP) to ``--out`` and prints the table.
+
+Ground truth. A COCO JSON dataset (--coco-json, no --class-map) is scored against the file's own
+annotations, as pycocotools' COCOeval run on that file scores it (iscrowd, area, category-specific crowd
+regions, images without annotations; coco_eval.CocoJsonEvaluator). A YOLO dataset, or any dataset seen
+through --class-map, is scored against a COCO ground truth built from its boxes (image ids 1..n in
+evaluation order, category id = model label + 1, ignore regions as iscrowd boxes of every class).
+
+Detections. --out also gets the detections in COCO results format (image_id, category_id, bbox as
+[x, y, w, h] in pixels of the annotated image size, score): detections.json (triplet) and
+detections_pairs.json (pairs). For a COCO JSON dataset the ids are the file's, so any tool scores them
+against that file; otherwise --out also gets ground_truth.json, the COCO ground truth they are scored
+against. pycocotools' COCOeval (default maxDets 1/10/100) on either pair reproduces metrics.json when
+--max-per-image is 100 (FD: the same with iouThrs 0.05:0.05:0.5).
+
+Image sizes. A COCO JSON whose width/height disagree with an image file is refused (the message names the
+file and both sizes); --rescale-mismatched scales that image's boxes to the file instead (detections are
+written in the JSON's size).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
@@ -27,76 +43,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import torch
-from torch import nn
-
-from .data import CocoDataset, DetectionDataset, YoloDataset, collate_samples, worker_init_fn
+from .data import CocoDataset, DetectionDataset, YoloDataset
+from .decode import MODES, NMS_CHOICES, DecodeConfig
 from .detector import resolve_device
-from .decode import MODES, NMS_CHOICES, DecodeConfig, decode
-from .evaluation import DetectionEvaluator, EvalResult
+from .eval_loop import (
+    coco_json_source,
+    evaluate_predictions,
+    make_evaluators,
+    predict,
+    predict_and_evaluate,
+    write_detections,
+)
+from .evaluation import EvalResult
 
-__all__ = ["EvalConfig", "predict_and_evaluate", "format_markdown", "run_eval", "main", "MODES"]
-
-
-@torch.no_grad()
-def predict_and_evaluate(
-    model: nn.Module,
-    dataset: DetectionDataset,
-    *,
-    class_names: Sequence[str],
-    input_size: tuple[int, int],
-    decode_cfgs: Mapping[str, DecodeConfig],
-    device: torch.device | str,
-    batch_size: int = 16,
-    workers: int = 0,
-    amp: bool = False,
-    indices: Sequence[int] | None = None,
-    progress: bool = True,
-    max_dets: int = 100,
-) -> dict[str, EvalResult]:
-    """Run ``model`` over ``dataset`` once and evaluate each decode configuration on the same outputs.
-
-    Images are letterboxed to ``input_size`` on ``device``; detections are mapped back to original
-    pixels by ``decode`` and scored against the dataset boxes with :class:`DetectionEvaluator`.
-    ``amp``: fp16 autocast on CUDA (ignored on CPU). Returns ``{name: EvalResult}`` in the order of
-    ``decode_cfgs``. The model is put in eval mode and restored to its previous mode afterwards.
-    """
-    from tqdm import tqdm
-
-    from .preprocess import letterbox
-
-    device = torch.device(device)
-    subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
-    loader = torch.utils.data.DataLoader(
-        subset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_samples,
-        worker_init_fn=worker_init_fn,
-    )
-    evaluators = {name: DetectionEvaluator(class_names, max_dets=max_dets) for name in decode_cfgs}
-    was_training = model.training
-    model.eval()
-    use_amp = amp and device.type == "cuda"
-    try:
-        for samples in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False, file=sys.stderr):
-            images = [torch.from_numpy(s.image) for s in samples]
-            x, lb = letterbox(images, size=input_size, bgr=False, device=device)  # (B, 3, H, W)
-            ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-            with ctx:
-                outputs = model(x)
-            outputs = {k: v.float() for k, v in outputs.items()}
-            for name, cfg in decode_cfgs.items():
-                dets = decode(outputs, cfg, scale=lb.scale, offset=lb.offset, orig_size=lb.orig_size)
-                boxes, scores, labels, num = (t.cpu() for t in dets)  # (B, D, 4), (B, D), (B, D), (B,)
-                for i, s in enumerate(samples):
-                    n = int(num[i])
-                    evaluators[name].add(s.boxes, s.labels, boxes[i, :n], scores[i, :n], labels[i, :n],
-                                         gt_ignore=s.ignore)
-    finally:
-        model.train(was_training)
-    return {name: ev.compute() for name, ev in evaluators.items()}
+__all__ = ["EvalConfig", "predict", "predict_and_evaluate", "evaluate_predictions", "make_evaluators",
+           "coco_json_source", "write_detections", "format_markdown", "load_dataset", "run_eval", "main", "MODES"]
 
 
 def _pct(v: float) -> str:
@@ -156,6 +117,9 @@ class EvalConfig:
     # YAML file mapping the dataset's class names to the model's (or null: ignore regions, not scored);
     # None: the dataset's classes must be the model's
     class_map: str | None = None
+    # COCO: an image file whose size differs from the JSON's width/height is refused (False) or its boxes
+    # are scaled to the file (True)
+    rescale_mismatched: bool = False
     progress: bool = True  # tqdm progress bar
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # decode settings shared by both modes
 
@@ -167,6 +131,9 @@ class EvalConfig:
             )
         if self.coco_json is not None and self.coco_images is None:
             raise ValueError(f"coco_json={self.coco_json!r} needs coco_images")
+        if self.rescale_mismatched and self.coco_json is None:
+            raise ValueError(f"rescale_mismatched applies to COCO JSON datasets (image sizes in the JSON), "
+                             f"got data={self.data!r}")
         if self.input_size is not None:
             s = tuple(self.input_size)
             if len(s) == 1:
@@ -184,7 +151,13 @@ class EvalConfig:
 
 def load_dataset(cfg: EvalConfig, class_names: Sequence[str] | None = None) -> DetectionDataset:
     """The dataset ``cfg`` names; with ``cfg.class_map`` seen through it in the model's ``class_names``."""
-    base = YoloDataset(cfg.data, cfg.split) if cfg.data is not None else CocoDataset(cfg.coco_images, cfg.coco_json)
+    if cfg.data is not None:
+        base: DetectionDataset = YoloDataset(cfg.data, cfg.split)
+    else:
+        base = CocoDataset(cfg.coco_images, cfg.coco_json, rescale_mismatched=cfg.rescale_mismatched)
+        if base.num_rescaled:
+            print(f"warning: {base.num_rescaled} images of {cfg.coco_json} differ in size from the JSON; "
+                  "their boxes are rescaled to the files (--rescale-mismatched)", file=sys.stderr)
     if cfg.class_map is None:
         return base
     from .mixing import ClassMappedDataset, read_class_map
@@ -214,20 +187,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     input_size = cfg.input_size or tuple(meta.input_size)
     n = len(dataset) if cfg.limit_images is None else min(cfg.limit_images, len(dataset))
     decode_cfgs = {m: replace(cfg.decode, mode=m) for m in MODES}
-    results = predict_and_evaluate(
-        model,
-        dataset,
-        class_names=meta.class_names,
-        input_size=input_size,
-        decode_cfgs=decode_cfgs,
-        device=device,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        amp=cfg.amp,
-        indices=range(n),
-        progress=cfg.progress,
-        max_dets=cfg.decode.max_per_image,
-    )
+    preds = predict(model, dataset, input_size=input_size, decode_cfgs=decode_cfgs, device=device,
+                    batch_size=cfg.batch_size, workers=cfg.workers, amp=cfg.amp, indices=range(n),
+                    progress=cfg.progress)
+    evaluators = evaluate_predictions(dataset, preds, class_names=meta.class_names, names=list(decode_cfgs),
+                                      max_dets=cfg.decode.max_per_image)
+    results = {name: ev.compute() for name, ev in evaluators.items()}
     source = cfg.data if cfg.data is not None else cfg.coco_json
     md = format_markdown(results, title=f"{Path(cfg.weights).name} on {source} ({cfg.split if cfg.data else 'coco'})")
     report = {
@@ -243,6 +208,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.out is not None:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
+        report.update(write_detections(out, evaluators))
         (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
         (out / "metrics.md").write_text(md)
     print(md)
@@ -268,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json and metrics.md")
     p.add_argument("--class-map", help="YAML file: dataset class -> model class or null (e.g. "
                    "config/class_maps/traffic-cctv.yaml); null classes become ignore regions")
+    p.add_argument("--rescale-mismatched", action="store_true",
+                   help="COCO: scale the boxes of an image whose file size differs from the JSON's width/height "
+                   "(default: refuse the dataset)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     d = p.add_argument_group("decoding (shared by the triplet and pairs rows)")
     d.add_argument("--topk", type=int, default=DecodeConfig.topk)
@@ -301,6 +270,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> EvalConfig:
         limit_images=a.limit_images,
         out=a.out,
         class_map=a.class_map,
+        rescale_mismatched=a.rescale_mismatched,
         progress=a.progress,
         decode=dec,
     )

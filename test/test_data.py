@@ -113,6 +113,15 @@ def test_yolo_small_overshoot_is_tolerated_and_clipped(tmp_path):
     np.testing.assert_allclose(b, [[0.12, 0, 60, 40]], atol=1e-3)
 
 
+def test_yolo_label_file_with_utf8_byte_order_mark(tmp_path):
+    # Windows tools write a BOM first: the first class must still read as 2, not "'\ufeff2'"
+    root = _yolo_root(tmp_path, {}, names=("a", "b", "c"))
+    (root / "train" / "labels" / "img0.txt").write_bytes("\ufeff2 0.5 0.5 0.5 0.25\r\n0 0.25 0.75 0.1 0.2\r\n".encode())
+    s = YoloDataset(root, "train")[0]
+    np.testing.assert_array_equal(s.labels, [2, 0])
+    np.testing.assert_allclose(s.boxes, [[15, 15, 45, 25], [12, 26, 18, 34]], atol=1e-4)
+
+
 def test_yolo_missing_directories_and_names(tmp_path):
     with pytest.raises(DatasetError, match="not a directory"):
         YoloDataset(tmp_path / "nope", "train")
@@ -231,6 +240,49 @@ def test_coco_file_errors(tmp_path):
     img_dir, path = _coco(tmp_path, [], images=[{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}])
     with pytest.raises(DatasetError, match="duplicate image id 1"):
         CocoDataset(img_dir, path)
+
+
+def _mismatched(tmp_path: Path) -> tuple[Path, Path]:
+    """Issue 12 section 3: the JSON says 1280x720, the file is 640x360."""
+    _write_image(tmp_path / "img" / "cam.jpg", 360, 640)
+    js = {"images": [{"id": 4, "file_name": "cam.jpg", "width": 1280, "height": 720}],
+          "categories": [{"id": 1, "name": "car"}],
+          "annotations": [{"id": 1, "image_id": 4, "category_id": 1, "bbox": [800, 400, 400, 300]},
+                          {"id": 2, "image_id": 4, "category_id": 1, "bbox": [0, 0, 200, 100], "iscrowd": 1}]}
+    (tmp_path / "a.json").write_text(json.dumps(js))
+    return tmp_path / "img", tmp_path / "a.json"
+
+
+def test_coco_image_size_disagreeing_with_the_json_is_refused(tmp_path):
+    img_dir, js = _mismatched(tmp_path)
+    with pytest.raises(DatasetError) as exc:
+        CocoDataset(img_dir, js)
+    msg = str(exc.value)
+    assert str(img_dir / "cam.jpg") in msg and str(js) in msg
+    assert "is 640x360 pixels" in msg and "say 1280x720" in msg and "rescale_mismatched" in msg
+
+
+def test_coco_image_size_mismatch_rescaled_on_request(tmp_path):
+    ds = CocoDataset(*_mismatched(tmp_path), rescale_mismatched=True)
+    assert ds.num_rescaled == 1 and ds.json_sizes == [(720, 1280)]
+    s = ds[0]
+    assert s.image.shape[:2] == (360, 640)
+    np.testing.assert_allclose(s.boxes, [[400, 200, 600, 350]])  # [800, 400, 400, 300] halved
+    np.testing.assert_allclose(s.ignore, [[0, 0, 100, 50]])
+
+
+def test_coco_size_check_reads_headers_and_needs_the_files(tmp_path):
+    img_dir, path = _coco(tmp_path, [])
+    (img_dir / "a.jpg").write_bytes((img_dir / "b.jpg").read_bytes())  # a 30x30 file where the json says 100x50
+    with pytest.raises(DatasetError, match=r"a\.jpg' is 30x30 pixels .* say 100x50"):
+        CocoDataset(img_dir, path)
+    (img_dir / "a.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"a\.jpg' listed in the annotations not found"):
+        CocoDataset(img_dir, path)
+    anns = [{"id": 3, "image_id": 9, "category_id": 2, "bbox": [0, 0, 5, 5]},
+            {"id": 3, "image_id": 9, "category_id": 2, "bbox": [1, 1, 5, 5]}]
+    with pytest.raises(DatasetError, match="annotations\\[1\\]\\): duplicate annotation id 3"):
+        CocoDataset(*_coco(tmp_path, anns))
 
 
 # ----------------------------------------------------------------------------------------------- augmentation
