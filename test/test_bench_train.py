@@ -70,3 +70,42 @@ def test_pack_data_keeps_labels_and_fits_the_budget(tmp_path, monkeypatch):
     np.testing.assert_allclose(b.boxes, a.boxes * scale, atol=0.6)
     assert pack_main(["--config", "config/train_vehicles_cpu.yaml", "--out", str(out), "--limit-images", "4",
                       "--budget-mib", "0.01"]) == 2
+
+
+@pytest.mark.skipif(not (SHARED / "traffic-cctv").is_dir(), reason="../shared/data not available")
+def test_tune_threshold_smoke(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    import torch
+
+    from centernet_ros.model import centernet_resnet18
+    from centernet_ros.weights import save_model
+
+    monkeypatch.chdir(REPO)
+    torch.manual_seed(0)
+    w = tmp_path / "m.safetensors"
+    save_model(w, centernet_resnet18(num_classes=5, head_width=16, pool_width=8),
+               class_names=["Ambulance", "Bus", "Car", "Motorcycle", "Truck"], input_size=(128, 224))
+    tune = importlib.import_module("tune_threshold")
+    path = tmp_path / "t.json"
+    assert tune.main(["--weights", str(w), "--limit-images", "3", "--backend", "torch", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert [r["dataset"] for r in data["rows"]] == ["openimages", "traffic-cctv"]
+    assert 0.05 <= data["threshold"] <= 0.95 and data["config"]["input_size"] == [128, 224]
+    curves = data["curves"]["traffic-cctv"]
+    assert len(curves["f1"]) == len(data["curves"]["thresholds"]) and curves["num_gt"] > 0
+    assert all(0 <= p <= 1 for p in curves["precision"]) and np.all(np.diff(curves["recall"]) <= 1e-12)
+    assert "score_threshold for" in capsys.readouterr().out
+
+
+def test_threshold_matching_rules():
+    import numpy as np
+
+    tune = importlib.import_module("tune_threshold")
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    dets = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    labels = np.array([0, 0, 1, 0])
+    tp, counted, sc = tune.match(dets, scores, labels, gt, np.array([0, 1]), np.array([[45, 45, 70, 70]], np.float32))
+    # best first: a true positive, a duplicate (false positive), a true positive (its class), one in an ignore region
+    assert tp.tolist() == [True, False, True, False] and counted.tolist() == [True, True, True, False]
+    assert sc.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.6])
