@@ -786,6 +786,11 @@ class CenterNetDataset(torch.utils.data.Dataset):
         self._rng_seed: int | None = None
         self._cache: dict[int, Sample] | None = {} if cache_images else None
 
+    @property
+    def caches_images(self) -> bool:
+        """Whether decoded images are kept in memory (``cache_images``)."""
+        return self._cache is not None
+
     def fill_cache(self, progress: bool = False) -> None:
         """Decode every image once now (before DataLoader workers fork, so they share the pixels).
 

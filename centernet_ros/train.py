@@ -177,7 +177,7 @@ def train(cfg: TrainConfig) -> dict:
         if oc.max_iters is not None:
             total_iters = min(total_iters, oc.max_iters)
         last_epoch = min(oc.epochs, math.ceil(total_iters / iters_per_epoch))
-        if data.train_set._cache is not None:
+        if data.train_set.caches_images:
             data.train_set.fill_cache(progress=oc.progress and dist.main)
         loader = torch.utils.data.DataLoader(
             data.train_set, batch_size=per_proc, sampler=sampler, num_workers=oc.workers, collate_fn=collate,

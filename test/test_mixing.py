@@ -142,3 +142,16 @@ def test_traffic_cctv_with_the_shipped_class_map():
     assert len(ds) == 20 and ds.class_names == MODEL
     labels = np.concatenate([ds[i].labels for i in range(20)])
     assert set(labels.tolist()) <= {1, 2, 4} and (labels == 2).sum() > 0  # Bus, Car, Truck only
+
+
+def test_image_cache_gives_the_same_items():
+    base = Toy(MODEL, [[[4, 4, 40, 30]], [[10, 10, 60, 60]]], [[1], [2]])
+    plain = CenterNetDataset(base, input_size=(64, 64), train=True, normalize=False)
+    cached = CenterNetDataset(base, input_size=(64, 64), train=True, normalize=False, cache_images=True)
+    assert cached.caches_images and not plain.caches_images
+    cached.fill_cache()
+    for key in [(0, 1), (1, 2), (0, 3)]:
+        a, b = plain[key], cached[key]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"])
+    with pytest.raises(ValueError, match="cache_images=True"):
+        plain.fill_cache()
