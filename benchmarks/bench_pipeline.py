@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_args(p)
     add_pipeline_args(p, score_threshold=0.15, what="detector setting")  # 0.15: the node's default
     add_decode_plan_arg(p)
+    p.add_argument("--int8-model", type=Path, default=None,
+                   help="--backend onnxruntime-int8: the INT8 .onnx (default: <weights stem>.int8-<H>x<W>.onnx beside the "
+                        "weights, as centernet-export --int8 writes it)")
     p.add_argument("--iters", type=int, default=None, help="timed batches per row (default: 20 CPU, 300 CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed batches per row (default: 2 CPU, 30 CUDA)")
     p.add_argument("--video", type=Path, default=BUNDLED_VIDEO if BUNDLED_VIDEO.is_file() else DEFAULT_VIDEO,
@@ -96,7 +99,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         weights, weights_desc = prepare_weights(args, input_size, Path(tmp))
         det = Detector(
             DetectorConfig(weights=str(weights), device=str(device), input_size=input_size, fp16=args.fp16,
-                           channels_last=args.channels_last, compile=args.compile, backend=args.backend),
+                           channels_last=args.channels_last, compile=args.compile, backend=args.backend,
+                           int8_model=args.int8_model),
             decode=DecodeConfig(score_threshold=args.score_threshold),
         )
         for res in args.resolutions:

@@ -64,6 +64,7 @@ from common import (  # noqa: E402
     synchronize,
     time_callable,
 )
+from centernet_ros.detector import BACKENDS  # noqa: E402  (after common: it puts the repository on sys.path)
 
 DEFAULT_VIDEO = REPO_ROOT.parent / "shared" / "data" / "video" / "slow_traffic_small.mp4"
 DEFAULT_WEIGHTS = REPO_ROOT / "models" / "centernet_vehicles.safetensors"
@@ -127,8 +128,9 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, score_threshold: float, wha
     p.add_argument("--score-threshold", type=float, default=score_threshold, help=f"{what} score_threshold")
     p.add_argument("--fp16", action="store_true", help=f"{what} fp16 (CUDA only)")
     p.add_argument("--channels-last", action="store_true", help=f"{what} channels_last (NHWC forward)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
-                   help=f"{what} backend (auto = onnxruntime on CPU when installed, else torch)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help=f"{what} backend (auto = onnxruntime on CPU when installed, else torch; onnxruntime-int8 = "
+                        "the INT8 model of centernet-export --int8 beside the weights)")
     p.add_argument("--compile", action="store_true",
                    help=f"{what} compile (torch.compile + CUDA graphs, CUDA only; falls back to eager)")
 

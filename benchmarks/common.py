@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmark scripts: device choice, environment record, timing, tables, JSON.
+"""Shared helpers for the benchmark scripts: device choice, environment record, tables, JSON (timing: timing.py,
+re-exported here).
 
 Legend: B batch, C classes, H/W map size (no tensors are built here; the scripts document their own).
 
@@ -13,11 +14,9 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,15 +25,20 @@ import torch
 
 __all__ = [
     "REPO_ROOT",
+    "RatioStats",
     "Timing",
     "add_common_args",
     "add_decode_plan_arg",
+    "busy_processes",
     "autocast_context",
     "command_line",
     "cpu_name",
     "environment",
     "format_env",
     "format_table",
+    "load_average",
+    "median_ci",
+    "paired_ratios",
     "resolve_device",
     "resolve_precisions",
     "set_decode_plan",
@@ -49,8 +53,20 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # allow `python benchmarks/bench_x.py` from a checkout without install
     sys.path.insert(0, str(REPO_ROOT))
+if str(Path(__file__).resolve().parent) not in sys.path:  # timing.py, next to this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from centernet_ros.detector import resolve_device  # noqa: E402,F401  (re-exported for the scripts)
+from timing import (  # noqa: E402,F401  (re-exported for the scripts)
+    RatioStats,
+    Timing,
+    load_average,
+    median_ci,
+    paired_ratios,
+    synchronize,
+    time_callable,
+    time_interleaved,
+)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -135,77 +151,6 @@ def autocast_context(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@dataclass
-class Timing:
-    """Wall-clock seconds per call of ``repeats`` timed calls (after warm-up)."""
-
-    times: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def minimum(self) -> float:
-        return min(self.times)
-
-    def quantile(self, q: float) -> float:
-        s = sorted(self.times)
-        return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"median_s": self.median, "min_s": self.minimum, "p25_s": self.quantile(0.25),
-                "p75_s": self.quantile(0.75), "repeats": len(self.times)}
-
-
-def time_callable(fn: Callable[[], Any], *, device: torch.device, warmup: int = 2, repeats: int = 5) -> Timing:
-    """Median-of-repeats timing: ``warmup`` untimed calls, then ``repeats`` calls each bracketed by a
-    device synchronisation (``torch.cuda.synchronize`` on CUDA) and ``time.perf_counter``."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup!r}")
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return Timing(times)
-
-
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, device: torch.device, warmup: int = 2,
-                     repeats: int = 5) -> dict[str, Timing]:
-    """Like :func:`time_callable` for several callables, interleaved (A B A B ...): each repeat times
-    every callable once, so a load change on a shared machine hits all of them alike."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup!r}")
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - t0)
-    return {name: Timing(t) for name, t in times.items()}
-
-
 def cpu_name() -> str:
     """CPU model name from ``lscpu`` (falls back to /proc/cpuinfo, then platform.processor())."""
     try:
@@ -257,6 +202,7 @@ def environment(device: torch.device, *, script: str | Path | None = None, argv:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "busy_processes": busy_processes(),
         "command": command_line(script, argv),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "onnxruntime": _version_of("onnxruntime"),
@@ -264,6 +210,25 @@ def environment(device: torch.device, *, script: str | Path | None = None, argv:
     }
     env.update(extra)
     return env
+
+
+def busy_processes(limit: int = 5, min_cpu: float = 5.0) -> list[str] | None:
+    """What else runs on the machine: up to ``limit`` other processes using >= ``min_cpu`` % of a core
+    (``ps``'s lifetime average), as ``"<%cpu> <command line, 100 characters>"``; None without ``ps``."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid=,pcpu=,args=", "--sort=-pcpu"], capture_output=True, text=True,
+                             timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = []
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 3 or int(parts[0]) in (os.getpid(), os.getppid()):
+            continue
+        if float(parts[1]) < min_cpu or len(rows) >= limit:
+            break
+        rows.append(f"{parts[1]}% {parts[2][:100]}")
+    return rows
 
 
 def _version_of(module: str) -> str | None:
@@ -299,7 +264,14 @@ def format_env(env: dict[str, Any]) -> str:
             continue
         if k == "load_average":
             v = ", ".join(f"{x:.2f}" for x in v) + " (1/5/15 min, end of run)"
+            start = env.get("load_average_at_start")
+            if start:
+                v += "; at start: " + ", ".join(f"{x:.2f}" for x in start)
         lines.append(f"- {k}: `{v}`")
+    for key, when in (("busy_processes_at_start", "start"), ("busy_processes", "end")):
+        if env.get(key):
+            lines.append(f"- beside it at {when} (%CPU over each process's life): " +
+                         "; ".join(f"`{p[:70]}`" for p in env[key]))
     return "\n".join(lines)
 
 
@@ -352,7 +324,10 @@ def run_script(argv: Sequence[str] | None, *, parse_args, run, report, ok: Calla
     """The scripts' shared ``main``: parse, run, print the Markdown report, write the JSON; exit 1 when ``ok`` fails."""
     args = parse_args(argv)
     args.argv = argv
+    busy, load = busy_processes(), load_average()  # what ran beside the benchmark when it started
     result = run(args)
+    if isinstance(result.get("env"), dict):
+        result["env"].update(busy_processes_at_start=busy, load_average_at_start=load)
     print(report(result))
     write_json(args.json, result)
     return 0 if ok is None or ok(result) else 1

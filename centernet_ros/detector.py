@@ -9,6 +9,10 @@ and normalises on the device (``preprocess.letterbox``), runs one forward pass f
 decodes (``decode.decode``) and returns boxes in each image's original pixels. On a GPU the heatmap
 passes and the top-k keypoints run on the device, then one device -> host copy per batch (the keypoints,
 a few KB) and the small rest (pairs, centre check, soft-NMS, letterbox undo) on the host in numpy.
+
+On a CPU the forward pass can run in ONNX Runtime: ``backend: onnxruntime`` (the fp32 graph, exported in
+memory) or ``backend: onnxruntime-int8`` (the INT8 file of ``centernet-export --int8``, see ``int8.py``:
+2.9x faster than fp32 on one core here, AP within 0.2, docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ __all__ = ["BACKENDS", "ORDERS", "DetectorConfig", "ImageDetections", "Detector"
 
 # Colour orders an input image may have, with its channel count.
 ORDERS = {"rgb": 3, "bgr": 3, "rgba": 4, "bgra": 4, "mono": 1}
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 
 
 def onnxruntime_available() -> bool:
@@ -46,11 +50,13 @@ class _OrtForward:
     """The model as an ONNX Runtime session: ``Tensor[B, 3, H, W]`` -> the eight heads, as the torch model.
 
     The graph is exported in memory from the loaded model (``export.onnx_bytes``: fixed input size,
-    dynamic batch); intra-op threads follow ``torch.get_num_threads()`` at creation, without spinning.  On CUDA it needs
-    onnxruntime's CUDA provider and copies through the host (the torch path is the fast one there).
+    dynamic batch), or read from ``onnx_path`` (the INT8 model of ``int8.quantize_int8``); intra-op threads
+    follow ``torch.get_num_threads()`` at creation, without spinning.  On CUDA it needs onnxruntime's CUDA
+    provider and copies through the host (the torch path is the fast one there).
     """
 
-    def __init__(self, model: torch.nn.Module, input_size: tuple[int, int], device: torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, input_size: tuple[int, int], device: torch.device, *,
+                 onnx_path: str | Path | None = None) -> None:
         import onnxruntime as ort
 
         from .export import onnx_bytes
@@ -69,7 +75,8 @@ class _OrtForward:
         # no busy-waiting between runs: a node shares the CPU with the ROS executor and other nodes (measured
         # here with 2 threads: 124 % instead of 166 % of a core at 20 frames/s, for 5 % more latency)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(onnx_bytes(model, input_size=input_size), opts, providers=providers)
+        source = str(onnx_path) if onnx_path is not None else onnx_bytes(model, input_size=input_size)
+        self.session = ort.InferenceSession(source, opts, providers=providers)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.device = device
 
@@ -103,7 +110,11 @@ class DetectorConfig:
     compile: bool = False  # CUDA only: torch.compile(mode="reduce-overhead") = CUDA graphs; batches padded to 1, 2, 4, 8...
     backend: str = "auto"  # forward pass: "torch", "onnxruntime" (model exported in memory at start-up; falls back
     #                        to torch with a warning when onnxruntime is missing or fails), "auto" = onnxruntime
-    #                        on the CPU when installed (1.4-1.8x faster there, same outputs to ~1e-5), else torch
+    #                        on the CPU when installed (1.4-1.8x faster there, same outputs to ~1e-5), else torch;
+    #                        "onnxruntime-int8" = the INT8 model int8_model on the CPU (centernet-export --int8; falls
+    #                        back to "onnxruntime" with a warning when it is missing, stale or for another input size)
+    int8_model: str | Path | None = None  # backend onnxruntime-int8: the INT8 .onnx; None = int8.default_int8_path(
+    #                                       weights, input size), i.e. <weights stem>.int8-<H>x<W>.onnx beside the weights
 
     def __post_init__(self) -> None:
         if not str(self.weights):
@@ -118,6 +129,8 @@ class DetectorConfig:
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.int8_model is not None and not str(self.int8_model):
+            self.int8_model = None  # "" (a ROS string parameter left empty) = the default path
 
 
 class ImageDetections(NamedTuple):
@@ -166,11 +179,14 @@ class Detector:
             raise ValueError(f"input size must be (H, W), positive multiples of 32, got {self.input_size!r}")
         # the ONNX Runtime session, exported from the fp32 CPU model before it moves to the device
         self.backend = "torch"  # what actually runs the forward pass
-        self.backend_error: str | None = None  # why onnxruntime was requested but not used, if it was
+        self.backend_error: str | None = None  # why onnxruntime (-int8) was requested but not used, if it was
+        self.int8_model: Path | None = None  # the INT8 file that runs (backend onnxruntime-int8)
         self._ort: _OrtForward | None = None
         want = cfg.backend
         if want == "auto":
             want = "onnxruntime" if self.device.type == "cpu" and onnxruntime_available() else "torch"
+        if want == "onnxruntime-int8":
+            want = self._start_int8(model, cfg)
         if want == "onnxruntime":
             try:
                 self._ort = _OrtForward(model, self.input_size, self.device)
@@ -192,6 +208,24 @@ class Detector:
         self.compile_error: str | None = None  # why the compiled path was abandoned, if it was
         self.decode_config = decode if decode is not None else DecodeConfig()
         self._lock = threading.Lock()
+
+    def _start_int8(self, model: torch.nn.Module, cfg: DetectorConfig) -> str:
+        """Open the INT8 session; returns the backend to try next ("done", or "onnxruntime" after a warning)."""
+        from .int8 import check_int8_model, default_int8_path
+
+        path = Path(cfg.int8_model) if cfg.int8_model is not None else default_int8_path(cfg.weights, self.input_size)
+        try:
+            if self.device.type != "cpu":
+                raise ValueError(f"backend onnxruntime-int8 runs on the CPU, the device is {self.device}")
+            check_int8_model(path, weights=cfg.weights, input_size=self.input_size, class_names=self.class_names)
+            self._ort = _OrtForward(model, self.input_size, self.device, onnx_path=path)
+        except Exception as exc:  # missing / stale file, no onnxruntime: stay correct, lose the speed-up
+            self.backend_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            warnings.warn(f"onnxruntime-int8 backend unavailable, using onnxruntime (fp32): {self.backend_error}",
+                          RuntimeWarning)
+            return "onnxruntime" if self.device.type == "cpu" else "torch"
+        self.backend, self.int8_model = "onnxruntime-int8", path
+        return "done"
 
     @property
     def num_classes(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,12 +49,65 @@ def test_time_callable_counts_calls():
         common.time_callable(lambda: None, device=torch.device("cpu"), repeats=0)
 
 
-def test_time_interleaved_alternates():
+def test_time_interleaved_alternates_the_order_every_round():
     seq = []
     t = common.time_interleaved({"a": lambda: seq.append("a"), "b": lambda: seq.append("b")},
-                                device=torch.device("cpu"), warmup=1, repeats=3)
-    assert seq == ["a", "b"] + ["a", "b"] * 3  # warm-up of each, then alternating
+                                device=torch.device("cpu"), warmup=2, repeats=3)
+    assert seq == ["a", "b", "b", "a"] + ["a", "b", "b", "a", "a", "b"]  # warm-up rounds, then timed rounds
     assert sorted(t) == ["a", "b"] and all(len(v.times) == 3 for v in t.values())
+
+
+class _FakeClock:
+    """perf_counter stand-in: each callable advances it by its own scripted duration."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def step(self, durations):
+        it = iter(durations)
+        return lambda: setattr(self, "now", self.now + next(it))
+
+
+def test_time_interleaved_adaptive_rounds_stop_once_the_ratio_is_certain(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(common.time, "perf_counter", clock)
+    steady = {"a": clock.step([2.0] * 100), "b": clock.step([1.0] * 100)}  # ratio exactly 2 every round
+    t = common.time_interleaved(steady, device=torch.device("cpu"), warmup=0, repeats=5, max_repeats=50,
+                                ratio=("a", "b"))
+    assert len(t["a"].times) == 5  # already certain after the minimum
+    rng = np.random.default_rng(0)
+    noisy_a = list(2.0 * np.exp(rng.normal(0, 0.3, 100)))
+    noisy = {"a": clock.step(noisy_a), "b": clock.step([1.0] * 100)}
+    t = common.time_interleaved(noisy, device=torch.device("cpu"), warmup=0, repeats=5, max_repeats=40,
+                                ratio=("a", "b"), rel_ci=0.02)
+    assert len(t["a"].times) == 40  # +-30 % per round never gets within 2 % in 40 rounds: capped
+    t = common.time_interleaved(noisy | {"a": clock.step(noisy_a)}, device=torch.device("cpu"), warmup=0,
+                                repeats=5, max_repeats=40, ratio=("a", "b"), rel_ci=0.15)
+    assert 5 < len(t["a"].times) < 40  # a loose target is met somewhere in between
+    with pytest.raises(ValueError, match="'c'"):
+        common.time_interleaved(steady, device=torch.device("cpu"), repeats=2, max_repeats=3, ratio=("a", "c"))
+    with pytest.raises(ValueError, match="max_repeats must be >= repeats"):
+        common.time_interleaved(steady, device=torch.device("cpu"), repeats=5, max_repeats=3)
+
+
+def test_paired_ratios_and_median_ci():
+    a = common.Timing([2.0, 4.0, 3.0, 100.0])
+    b = common.Timing([1.0, 2.0, 1.0, 10.0])
+    st = common.paired_ratios(a, b)
+    assert st.ratios == [2.0, 2.0, 3.0, 10.0]
+    d = st.as_dict()
+    assert d["median"] == 2.5 and d["min"] == 2.0 and d["max"] == 10.0 and d["rounds"] == 4
+    assert d["ci95_low"] <= d["median"] <= d["ci95_high"]
+    with pytest.raises(ValueError, match="not aligned"):
+        common.paired_ratios(a, common.Timing([1.0]))
+    values = list(range(1, 101))  # n = 100: the 40th and 61st smallest (the textbook interval, 96.5 %)
+    assert common.median_ci(values) == (40, 61)
+    assert common.median_ci([5.0]) == (5.0, 5.0)
+    with pytest.raises(ValueError):
+        common.median_ci([])
 
 
 def test_resolve_precisions_cpu():
@@ -323,3 +377,118 @@ def test_synthetic_frames_for_any_size(tmp_path, size):
     bench_ros = importlib.import_module("bench_ros")
     frames = bench_ros.load_frames(tmp_path / "missing.mp4", size, count=3)
     assert len(frames) == 3 and all(f.shape == (size[1], size[0], 3) and f.dtype == np.uint8 for f in frames)
+
+
+# ---------------------------------------------------------------------------------------- bench_int8
+
+
+def _yolo_dataset(root: Path, names: list[str], n: int = 4) -> Path:
+    """A tiny YOLO dataset: ``n`` 96x128 images with one box each, ``valid`` split."""
+    import cv2
+
+    (root / "valid" / "images").mkdir(parents=True)
+    (root / "valid" / "labels").mkdir(parents=True)
+    (root / "data.yaml").write_text(f"val: valid/images\nnc: {len(names)}\nnames: {names!r}\n")
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = cv2.GaussianBlur(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), (5, 5), 0)
+        img[20:60, 30:90] = (40, 40, 220)
+        cv2.imwrite(str(root / "valid" / "images" / f"{i}.png"), img)
+        (root / "valid" / "labels" / f"{i}.txt").write_text(f"{i % len(names)} 0.469 0.417 0.469 0.417\n")
+    return root
+
+
+def test_bench_int8_smoke(tmp_path, capsys):
+    pytest.importorskip("onnxruntime.quantization")
+    pytest.importorskip("pycocotools")
+    from centernet_ros.model import centernet_resnet18
+    from centernet_ros.weights import save_model
+
+    bench_int8 = importlib.import_module("bench_int8")
+    torch.manual_seed(0)
+    weights = tmp_path / "m.safetensors"
+    save_model(weights, centernet_resnet18(num_classes=2, head_width=16, pool_width=8), class_names=["a", "b"],
+               input_size=(64, 96))
+    same = _yolo_dataset(tmp_path / "same", ["a", "b"])
+    other = _yolo_dataset(tmp_path / "other", ["x", "y", "z"])
+    class_map = tmp_path / "map.yaml"
+    class_map.write_text("x: a\ny: b\nz: null\n")
+    argv = ["--weights", str(weights), "--sizes", "64x96", "--warmup", "0", "--repeats", "2", "--max-repeats", "2",
+            "--calib-data", str(same), "--calib-split", "valid", "--calib-count", "3", "--int8-dir", str(tmp_path / "q"),
+            "--eval", f"--data {same} --split valid", f"--data {other} --split valid",
+            f"--data {other} --split valid --class-map {class_map}"]
+    path = tmp_path / "int8.json"
+    assert bench_int8.main([*argv, "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| input HxW | batch | fp32 ms | INT8 ms | speed-up (median of rounds) |" in out
+    assert "| split | input HxW | images | fp32 AP | INT8 AP | AP drop |" in out
+    data = json.loads(path.read_text())
+    (row,) = data["rows"]
+    assert row["size"] == "64x96" and row["rounds"] == 2 and row["fp32_ms"] > 0 and row["int8_ms"] > 0
+    assert row["load_start"] is not None and row["load_end"] is not None
+    assert [a["dataset"] for a in data["ap"]] == ["same (valid)", "other (valid)"]  # the latter through the map
+    for ap in data["ap"]:
+        assert ap["images"] == 4 and ap["ap_drop"] == pytest.approx(ap["fp32_ap"] - ap["int8_ap"])
+    assert len(data["notes"]) == 1 and "3 classes are not the model's 2" in data["notes"][0]
+    (made,) = data["config"]["int8_files"].values()
+    assert made["made_now"] and made["int8"]["images"] == 3
+    # a second run reuses the up-to-date file; other calibration settings remake it
+    assert bench_int8.main([*argv, "--no-ap", "--json", str(path)]) == 0
+    assert not json.loads(path.read_text())["config"]["int8_files"]["64x96"]["made_now"]
+    assert bench_int8.main([*argv[:-4], "--calib-count", "2", "--no-ap", "--no-speed", "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["config"]["int8_files"]["64x96"]["int8"]["images"] == 2
+
+
+def test_bench_int8_rejects_bad_sizes():
+    bench_int8 = importlib.import_module("bench_int8")
+    for bad in ("256", "250x448", "axb"):
+        with pytest.raises(SystemExit):
+            bench_int8.parse_args(["--sizes", bad])
+
+
+# -------------------------------------------------------------------------------------- gpu_check.sh
+
+BLOCKED = ("rclpy", "pycocotools", "vision_msgs", "sensor_msgs", "diagnostic_msgs", "launch", "launch_ros",
+           "ament_index_python")
+
+
+def test_gpu_check_smoke_runs_every_step_without_ros_or_pycocotools(tmp_path):
+    """``gpu_check.sh --smoke``: every step of the GPU check in a tiny CPU version, in an interpreter where ROS
+    and pycocotools cannot be imported (as on the GPU machines); all tables land in the output folder."""
+    shadow = tmp_path / "shadow"
+    for name in BLOCKED:  # packages that raise ImportError, ahead of the real ones on sys.path
+        (shadow / name).mkdir(parents=True)
+        (shadow / name / "__init__.py").write_text(
+            f"raise ModuleNotFoundError('{name} blocked: a GPU machine has none', name='{name}')\n")
+    out = tmp_path / "gpu_check"
+    env = {**os.environ, "PYTHONPATH": str(shadow), "PYTHON": sys.executable, "OUT": str(out)}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--smoke"], capture_output=True, text=True,
+                          timeout=900, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    steps = ["cuda_tests", "model_eager", "model_cl", "decode", "decode_device", "pipeline", "pipeline_fast",
+             "model_compile_fp32"]
+    for name in steps:
+        assert f"| {name} | ok |" in summary, summary
+        assert (out / f"{name}.md").stat().st_size > 0
+    assert "all steps passed" in summary
+    cuda = (out / "cuda_tests.md").read_text()
+    assert "| `test/test_decode.py::test_cuda_matches_cpu[soft]` | skipped | CUDA not available |" in cuda
+    assert "test_gpu_paths.py::test_cuda_fp16_channels_last_compiled_matches_cpu" in cuda
+    assert "failed 0" in cuda and "(mentioning CUDA: 0)" in cuda
+    rows = json.loads((out / "model_eager.json").read_text())["rows"]
+    assert {(r["model"], r["batch"]) for r in rows} == {(m, b) for m in ("ours", "baseline") for b in (1, 2)}
+    assert all(r["load_start"] is not None and r["load_end"] is not None for r in rows)
+    assert "| ours | 64 | 1 | fp32 |" in (out / "model_compile_fp32.md").read_text()
+    assert [r["cameras"] for r in json.loads((out / "pipeline.json").read_text())["rows"]] == [1, 2]
+
+
+def test_gpu_check_refuses_bad_arguments(tmp_path):
+    for args, msg in ((["--bogus"], "unknown argument '--bogus'"), (["--budget", "5m"], "whole seconds, got '5m'")):
+        proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), *args, "--out", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and msg in proc.stderr
+    if not torch.cuda.is_available():  # the full check needs a GPU and says so
+        proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--out", str(tmp_path)], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+        assert proc.returncode == 2 and "sees no CUDA device" in proc.stderr
