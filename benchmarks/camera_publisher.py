@@ -7,7 +7,8 @@ Legend: N cameras, H/W image size.
 Topics ``<prefix>/cam<i>/image_raw`` (i = 0..N-1).  The publisher waits until every topic has
 ``--wait-subscribers`` matched subscriptions (and ``--settle`` seconds more, so the subscribers have
 matched it too), then publishes one frame on every camera each tick of ``1 / --rate`` seconds for
-``--duration`` seconds (a late tick is published at once, never in a burst to catch up).  Each frame's
+``--duration`` seconds (a late tick is published at once, never in a burst to catch up), and stays up
+``--linger`` seconds more (the last frames are not cut off by the process's end).  Each frame's
 ``header.frame_id`` is ``cam<i>:<k>`` (k = tick number) so a subscriber can count distinct frames, and
 ``header.stamp`` is the publish time.  The last stdout line is JSON: ``{"published": [per camera],
 "seconds": ..., "late_ticks": ..., "rate_hz": ...}``; SIGINT / SIGTERM end the run early (JSON still
@@ -59,6 +60,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait-subscribers", type=int, default=1, help="matched subscriptions to wait for per topic")
     p.add_argument("--wait-timeout", type=float, default=120.0, help="give up waiting for subscribers after (s)")
     p.add_argument("--settle", type=float, default=1.0, help="seconds after the subscribers matched")
+    p.add_argument("--linger", type=float, default=2.0,
+                   help="seconds to stay up after the last frame (its shared-memory segment goes with the process)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                 pb.publish(msg)
                 published[i] += 1
         t_end = time.monotonic()
+        end = time.monotonic() + args.linger
+        while not stop["now"] and time.monotonic() < end:
+            time.sleep(0.05)
     finally:
         seconds = t_end - t_start
         print(json.dumps({"published": published, "seconds": round(seconds, 3), "late_ticks": late,

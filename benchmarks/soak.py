@@ -14,9 +14,11 @@ Printed per camera: published (by the camera process), received / processed / dr
 (the node's counters once it is idle again), ``lost_reported`` (of ``lost``: the middleware's
 ``message_lost`` events) and ``unaccounted`` = published - processed - dropped - rejected - lost (0: the
 row closes; frames lost before the node's first frame of a camera or after its last one are not seen as
-gaps and show here).  Then the node's RSS (and threads, open fds) at start (first frames processed),
-middle and end of the publishing, RSS growth from start to end, and the spread of processed frames over
-the cameras (max / min - 1).  ``--json PATH`` writes the same.
+gaps and show here).  Then the node's RSS (and threads, open fds) when its first frames were processed
+("first"), after ``--warmup`` seconds more ("start"), in the middle of the remaining time and at the end of
+the publishing; RSS growth from start to end (and from first to end); the spread of processed frames
+over the cameras (max / min - 1).  ``--json PATH`` writes the same.  The counters are read once the
+node is idle: every frame received is processed, dropped or rejected (nothing pending or in a batch).
 
 Example (the issue's 10-minute soak)::
 
@@ -45,9 +47,9 @@ from centernet_ros.ros.fastdds import PROFILE_VARIABLES, with_fastdds_profile  #
 COUNTERS = ("received", "processed", "dropped", "rejected", "lost", "lost_reported")
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """RSS (KiB), threads and open file descriptors of a running process (Linux /proc)."""
-    out = {}
+def proc_status(pid: int, t0: float) -> dict[str, float]:
+    """RSS (KiB), threads and open file descriptors of a running process (Linux /proc); ``t``: seconds since ``t0``."""
+    out: dict[str, float] = {"t": time.monotonic() - t0}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=30.0, help="Hz per camera")
     p.add_argument("--size", type=parse_size, default=(640, 360), help="WxH (default 640x360)")
     p.add_argument("--duration", type=float, default=600.0, help="seconds of publishing")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds after the first processed frame before the 'start' RSS (default: duration / 6, <= 100)")
     p.add_argument("--profile", choices=("ours", "default"), default="ours",
                    help="Fast DDS profile of both processes: the project's (default) or Fast DDS's built-in")
     p.add_argument("--params-file", type=Path, default=REPO_ROOT / "config" / "detect.yaml")
@@ -155,20 +159,23 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError("the camera process ended before the node processed a frame")
             spin_for(0.2)
         t_start = time.monotonic()
-        rss["start"] = proc_status(detector.pid)
-        spin_for(args.duration / 2)
-        rss["middle"] = proc_status(detector.pid)
+        rss["first"] = proc_status(detector.pid, t_start)
+        warmup = min(100.0, args.duration / 6) if args.warmup is None else args.warmup
+        spin_for(warmup)
+        rss["start"] = proc_status(detector.pid, t_start)
+        spin_for(max(0.0, (args.duration - warmup) / 2 - 1))
+        rss["middle"] = proc_status(detector.pid, t_start)
         mid_beside = beside()
         while cameras.poll() is None:
             spin_for(0.5)
-        rss["end"] = proc_status(detector.pid)
+        rss["end"] = proc_status(detector.pid, t_start)
         published = json.loads(cameras.stdout.read().strip().splitlines()[-1])["published"]
         seconds = time.monotonic() - t_start
-        last, still = None, 0  # idle: the counters unchanged for 3 diagnostics messages (pending frames done)
-        while still < 3:
-            spin_for(1.1)
-            now = json.dumps(diags.latest, sort_keys=True)
-            still, last = (still + 1 if now == last else 0), now
+        deadline = time.monotonic() + 300  # idle: every frame received is processed, dropped or rejected
+        while time.monotonic() < deadline and any(
+                c["received"] != c["processed"] + c["dropped"] + c["rejected"] for c in diags.latest.values()):
+            spin_for(0.5)
+        spin_for(2.5)  # and a diagnostics message more
     finally:
         if cameras is not None and cameras.poll() is None:
             cameras.send_signal(signal.SIGINT)
@@ -193,16 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     processed = [r["processed"] for r in rows]
     spread = max(processed) / min(processed) - 1 if min(processed) > 0 else float("inf")
     growth = rss["end"]["VmRSS"] / rss["start"]["VmRSS"] - 1
-    print("\n| node | RSS MiB | threads | fds |\n| --- | --- | --- | --- |")
-    for when in ("start", "middle", "end"):
+    growth_first = rss["end"]["VmRSS"] / rss["first"]["VmRSS"] - 1
+    print("\n| node | at s | RSS MiB | threads | fds |\n| --- | --- | --- | --- | --- |")
+    for when in ("first", "start", "middle", "end"):
         s = rss[when]
-        print(f"| {when} | {s['VmRSS'] / 1024:.1f} | {s['Threads']} | {s['fds']} |")
-    print(f"\nRSS growth start -> end: {growth:+.2%}; processed per camera: spread {spread:.1%} "
-          f"(max/min - 1); {sum(processed) / seconds:.2f} frames/s processed in all")
+        print(f"| {when} | {s['t']:.0f} | {s['VmRSS'] / 1024:.1f} | {s['Threads']} | {s['fds']} |")
+    print(f"\nRSS growth start -> end: {growth:+.2%} (first -> end: {growth_first:+.2%}); processed per camera: "
+          f"spread {spread:.1%} (max/min - 1); {sum(processed) / seconds:.2f} frames/s processed in all")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"setup": setup, "seconds": seconds, "rows": rows, "rss_kib": rss,
-                                         "rss_growth": growth, "processed_spread": spread, "beside_middle": mid_beside},
+                                         "rss_growth": growth, "rss_growth_from_first": growth_first, "processed_spread": spread, "beside_middle": mid_beside},
                                         indent=1))
     return 0
 

@@ -14,11 +14,13 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-__all__ = ["PROFILE_FILE", "PROFILE_VARIABLES", "apply_fastdds_profile", "fastdds_profile_path", "with_fastdds_profile"]
+__all__ = ["PROFILE_FILE", "PROFILE_VARIABLES", "apply_fastdds_profile", "fastdds_profile_path", "profile_variable",
+           "with_fastdds_profile"]
 
 PACKAGE = "centernet_ros"
 PROFILE_FILE = "fastdds_large_frames.xml"
-# Fast DDS 3 (Jazzy, Kilted) reads the first, Fast DDS 2 (Humble) the second: both are set.
+# Fast DDS 3 (Jazzy, Kilted) reads the first (the second still works there, with a deprecation warning from
+# rmw_fastrtps in every process), Fast DDS 2.6 (Humble) only the second.
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 
 
@@ -39,15 +41,19 @@ def fastdds_profile_path() -> Path:
     return path
 
 
+def profile_variable(env: Mapping[str, str] | None = None) -> str:
+    """The variable this ROS distribution's Fast DDS reads: ``FASTRTPS_DEFAULT_PROFILES_FILE`` on Humble
+    (``ROS_DISTRO``), else ``FASTDDS_DEFAULT_PROFILES_FILE``."""
+    distro = (os.environ if env is None else env).get("ROS_DISTRO", "")
+    return PROFILE_VARIABLES[1] if distro == "humble" else PROFILE_VARIABLES[0]
+
+
 def with_fastdds_profile(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A copy of ``env`` (default ``os.environ``) in which both :data:`PROFILE_VARIABLES` name the
-    project's profile, unless the user set either of them (their profile is kept, the other variable
-    is left as it is)."""
+    """A copy of ``env`` (default ``os.environ``) in which :func:`profile_variable` names the project's
+    profile, unless the user set either of :data:`PROFILE_VARIABLES` (their profile is kept)."""
     out = dict(os.environ if env is None else env)
     if not any(out.get(k) for k in PROFILE_VARIABLES):
-        path = str(fastdds_profile_path())
-        for key in PROFILE_VARIABLES:
-            out[key] = path
+        out[profile_variable(out)] = str(fastdds_profile_path())
     return out
 
 
