@@ -258,6 +258,10 @@ def test_bench_decode_smoke(tmp_path, capsys):
     assert [r["batch"] for r in data["rows"]] == [1, 2]
     assert all(r["match"] == "yes" and r["speedup"] > 0 for r in data["rows"])
     assert all(r["dets_per_img"] > 0 for r in data["rows"])  # the synthetic objects are found
+    for r in data["rows"]:  # speed-up = median of per-round ratios, with its spread; load at start and end
+        st = r["speedup_stats"]
+        assert st["rounds"] == 1 and st["min"] <= r["speedup"] == st["median"] <= st["max"]
+        assert len(r["load_start"]) == 3 and len(r["load_end"]) == 3
 
 
 def test_bench_decode_plans(tmp_path, monkeypatch, capsys):
