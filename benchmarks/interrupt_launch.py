@@ -15,8 +15,9 @@ both nodes get it, then launch sends its own SIGINT: two per node), with ``--tar
 launch process only.
 
 Prints one row per run (the phase, when, exit status, tracebacks in the nodes' output and in that of
-``ros2 launch`` itself, nodes that died, seconds from the signal to the end) and the totals; ``--json
-PATH`` writes them. Needs the ``ros2`` command
+``ros2 launch`` itself, nodes that died, processes of the run still there a second after launch ended
+(found by the run's ROS_LOG_DIR in /proc/<pid>/environ, then killed), seconds from the signal to the
+end) and the totals; ``--json PATH`` writes them. Needs the ``ros2`` command
 (``make setup`` with ../shared/ros2-tools). Each run uses a private ROS_DOMAIN_ID, localhost discovery.
 """
 from __future__ import annotations
@@ -93,6 +94,18 @@ class Run:
         return "\n".join(line for _, line in self.lines)
 
 
+def left_running(marker: str) -> list[int]:
+    """Processes still running with ``marker`` in their environment (Linux /proc): nodes a run left behind."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                pids.append(int(environ.parent.name))
+        except OSError:  # gone, or not ours to read
+            pass
+    return pids
+
+
 def phase_at(run: Run, t: float) -> str:
     active, done = run.first(ACTIVE), run.first(DONE)
     if done is not None and t >= done:
@@ -122,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     base_env.pop("ROS_LOCALHOST_ONLY", None)
     domain0 = 150 + os.getpid() % 50
 
-    def env_for(i: int) -> dict[str, str]:
-        return {**base_env, "ROS_DOMAIN_ID": str(domain0 + i % 50)}
+    def env_for(i: int) -> dict[str, str]:  # a log directory per run also marks its processes
+        return {**base_env, "ROS_DOMAIN_ID": str(domain0 + i % 50), "ROS_LOG_DIR": str(log_dir / f"run{i}")}
 
     print(f"command: {' '.join(cmd)}  (SIGINT to the {args.target}, seed {args.seed})")
     calib = Run(cmd, env_for(0))
@@ -140,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     rows = []
     phases = (("start-up", None, active), ("streaming", ACTIVE, done - active), ("shutdown", DONE, length - done))
-    print("| run | aimed at | SIGINT at s | phase hit | exit | tracebacks: nodes | tracebacks: ros2 launch | nodes died | s to end |")
-    print("| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| run | aimed at | SIGINT at s | phase hit | exit | tracebacks: nodes | tracebacks: ros2 launch | nodes died "
+          "| left running | s to end |")
+    print("| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for i in range(1, args.runs + 1):
         aim, marker, span = phases[(i - 1) % 3]
         offset = rng.uniform(0.0, span)
@@ -159,31 +173,39 @@ def main(argv: list[str] | None = None) -> int:
         else:
             phase = "after the end"
         code, end = run.finish(args.timeout)
+        time.sleep(1.0)
+        left = left_running(str(log_dir / f"run{i}"))
+        for pid in left:  # report, then end them (started by this script)
+            os.kill(pid, signal.SIGKILL)
         # launch prefixes each line of a node's output with "[<executable>-<n>] "
         node_tb = sum(1 for _, line in run.lines if re.match(r"\[centernet-[\w-]+\] .*Traceback", line))
         row = {"run": i, "aimed_at": aim, "signal_s": round(sent_at, 2), "phase": phase, "exit": code,
                "node_tracebacks": node_tb, "launch_tracebacks": run.text.count("Traceback") - node_tb,
-               "died": run.text.count("process has died"), "s_to_end": round(end - sent_at, 2)}
+               "died": run.text.count("process has died"), "left_running": len(left),
+               "s_to_end": round(end - sent_at, 2)}
         rows.append(row)
         print(f"| {i} | {aim} | {row['signal_s']:.1f} | {phase} | {code if code is not None else 'killed'} | "
-              f"{node_tb} | {row['launch_tracebacks']} | {row['died']} | {row['s_to_end']:.1f} |", flush=True)
-        if args.show and (node_tb or row["launch_tracebacks"] or row["died"] or code != 0):
+              f"{node_tb} | {row['launch_tracebacks']} | {row['died']} | {len(left)} | {row['s_to_end']:.1f} |", flush=True)
+        if args.show and (node_tb or row["launch_tracebacks"] or row["died"] or left or code != 0):
             print(run.text)
     total = {"runs": len(rows), "node_tracebacks": sum(r["node_tracebacks"] for r in rows),
              "launch_tracebacks": sum(r["launch_tracebacks"] for r in rows),
              "nonzero_exit": sum(1 for r in rows if r["exit"] != 0),
              "nodes_died": sum(r["died"] for r in rows),
+             "left_running": sum(r["left_running"] for r in rows),
              "phases": {ph: sum(1 for r in rows if r["phase"] == ph)
                         for ph in ("start-up", "streaming", "shutdown", "after the end")}}
     print(f"\n{total['runs']} runs: {total['node_tracebacks']} tracebacks from the nodes, "
           f"{total['launch_tracebacks']} from `ros2 launch` itself, {total['nonzero_exit']} exits != 0, "
-          f"{total['nodes_died']} nodes died; phases hit: {total['phases']}")
+          f"{total['nodes_died']} nodes died, {total['left_running']} processes left running; "
+          f"phases hit: {total['phases']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": cmd, "target": args.target, "seed": args.seed,
                                          "calibration_s": round(length, 2), "rows": rows, "total": total}, indent=2))
     shutil.rmtree(log_dir, ignore_errors=True)
-    bad = total["node_tracebacks"] + total["launch_tracebacks"] + total["nonzero_exit"] + total["nodes_died"]
+    bad = (total["node_tracebacks"] + total["launch_tracebacks"] + total["nonzero_exit"] + total["nodes_died"]
+           + total["left_running"])
     return 0 if bad == 0 else 1
 
 
