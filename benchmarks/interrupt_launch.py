@@ -133,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     base_env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_LOG_DIR": str(log_dir),
                 "RCUTILS_COLORIZED_OUTPUT": "0", "PYTHONUNBUFFERED": "1"}
     base_env.pop("ROS_LOCALHOST_ONLY", None)
-    domain0 = 150 + os.getpid() % 50
 
     def env_for(i: int) -> dict[str, str]:  # a log directory per run also marks its processes
-        return {**base_env, "ROS_DOMAIN_ID": str(domain0 + i % 50), "ROS_LOG_DIR": str(log_dir / f"run{i}")}
+        domain = 150 + (os.getpid() + i) % 80  # 150..229 (Fast DDS: at most 232)
+        return {**base_env, "ROS_DOMAIN_ID": str(domain), "ROS_LOG_DIR": str(log_dir / f"run{i}")}
 
     print(f"command: {' '.join(cmd)}  (SIGINT to the {args.target}, seed {args.seed})")
     calib = Run(cmd, env_for(0))
