@@ -382,7 +382,8 @@ class Bench:
 
     def _on_diag(self, msg: Any) -> None:
         for st in msg.status:
-            if "bench_detector" in st.name:
+            # the node's own status (the per-camera ones are named "<node>: camera <topic>")
+            if "bench_detector" in st.name and ": camera " not in st.name:
                 self.diag = {kv.key: kv.value for kv in st.values}
                 self.diag_count += 1
 
