@@ -2,8 +2,8 @@
 
 :class:`Stats` accumulates what the worker measures (receive -> publish latencies, batch sizes, time
 per stage of each batch); :meth:`Stats.snapshot` turns it, with the cameras' counters, into plain
-Python values (``DetectorNode.stats()``), and :func:`detector_status` / :func:`camera_status` into the
-statuses that the node publishes on ``/diagnostics`` every ``diagnostics_period`` seconds: one for the
+Python values (``DetectorNode.stats()``), and :func:`detector_status` / :func:`camera_status` (both:
+:func:`node_statuses`) into the statuses that the node publishes on ``/diagnostics`` every ``diagnostics_period`` seconds: one for the
 detector, one per camera (WARN with the reason while a camera is not delivering: an incompatible-QoS
 publisher, or no frames for ``camera_timeout`` seconds).  Every string in them is bounded.
 """
@@ -21,7 +21,8 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from .encodings import bounded
 from .intake import Camera
 
-__all__ = ["STAGES", "LATENCY_WINDOW", "COUNTERS", "Stats", "FrameRate", "detector_status", "camera_status"]
+__all__ = ["STAGES", "LATENCY_WINDOW", "COUNTERS", "Stats", "FrameRate", "detector_status", "camera_status",
+           "node_statuses"]
 
 LATENCY_WINDOW = 2048  # latencies kept for the p50 / p99 in the diagnostics
 # Per-batch stages timed by the worker (wall clock; ``detect`` ends with the one device -> host copy, so
@@ -162,3 +163,23 @@ def camera_status(node: str, topic: str, c: dict[str, Any], fps: float) -> Diagn
     values.update({k: bounded(c[k]) for k in ("last_reject", "last_drop", "warning") if c[k]})
     status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
     return status
+
+
+def node_statuses(name: str, st: dict[str, Any], rates: dict[str, FrameRate], *, error: str = "",
+                  detector: Any = None) -> list[DiagnosticStatus]:
+    """What one ``/diagnostics`` message of node ``name`` holds, from a :meth:`Stats.snapshot` ``st``: the
+    :func:`detector_status` (``error``: the last configure / activate failure; ``detector``: the loaded
+    ``Detector`` or None), then, while active, one :func:`camera_status` per camera.  ``rates``: the
+    running :class:`FrameRate` of the whole node (key ``""``) and of each camera topic, created on first
+    use and read here (frames per second since the previous message)."""
+    fps = rates.setdefault("", FrameRate()).update(sum(c["processed"] for c in st["cameras"].values()))
+    statuses = [detector_status(
+        f"{name}: detector", st, fps, error=error,
+        hardware_id=f"{detector.device} ({detector.backend})" if detector is not None else "",
+        backend_error=detector.backend_error if detector is not None else None,
+        compile_error=detector.compile_error if detector is not None else None,
+    )]
+    if st["state"] == "active":
+        for topic, c in st["cameras"].items():
+            statuses.append(camera_status(name, topic, c, rates.setdefault(topic, FrameRate()).update(c["processed"])))
+    return statuses

@@ -53,8 +53,8 @@ def _run(module: str) -> int:
 
 
 def detector() -> int:
-    """``centernet-detector``: :func:`centernet_ros.ros.node.main`."""
-    return _run("centernet_ros.ros.node")
+    """``centernet-detector``: :func:`centernet_ros.ros.detector_main.main`."""
+    return _run("centernet_ros.ros.detector_main")
 
 
 def video_publisher() -> int:

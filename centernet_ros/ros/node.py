@@ -29,27 +29,23 @@ logs one line and leaves the node alive in its previous state (fix the parameter
 
 This module wires the pieces together: :mod:`.params` (declaration, descriptors, validation into the
 settings), :mod:`.intake` (pending frames and batching), :mod:`.worker` (the inference thread and
-publishing) and :mod:`.diagnostics` (statistics and the DiagnosticStatus).
+publishing) and :mod:`.diagnostics` (statistics and the DiagnosticStatus); the process around it
+(``centernet-detector``): :mod:`.detector_main`.
 """
 from __future__ import annotations
 
 import functools
 import gc
-import os
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
+from rclpy.qos import QoSProfile, qos_policy_name_from_kind
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
@@ -57,7 +53,7 @@ from ..decode import DecodeConfig
 from ..detector import Detector, DetectorConfig
 from . import params
 from .conversions import label_info_msg
-from .diagnostics import FrameRate, Stats, camera_status, detector_status
+from .diagnostics import FrameRate, Stats, node_statuses
 from .intake import Camera, Intake, cameras_for
 from .params import BatchSettings, NodeSettings, cpu_threads_for, default_weights_path, detections_topic_for
 from .worker import Worker
@@ -76,8 +72,7 @@ class DetectorNode(LifecycleNode):
         self._intake = Intake()
         self._lock = self._intake.lock  # also guards _state, _detector and _decode_cfg swaps
         self._stats = Stats(self._lock)
-        self._fps = FrameRate()
-        self._cam_fps: dict[str, FrameRate] = {}  # camera topic -> its processed frames per second
+        self._rates: dict[str, FrameRate] = {}  # "" (the node) / camera topic -> processed frames per second
         self._state = "unconfigured"
         self._error = ""  # last configure / activate failure (shown in the diagnostics)
         self._detector: Detector | None = None
@@ -214,12 +209,7 @@ class DetectorNode(LifecycleNode):
             self.get_logger().warning(
                 f"fp16 requested but the forward pass runs on {detector.device} ({detector.backend}): running in fp32"
             )
-        qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=int(s.qos_depth),
-            reliability=params.RELIABILITY[s.qos_reliability],
-            durability=DurabilityPolicy.VOLATILE,
-        )
+        qos = s.camera_qos()
         with self._lock:
             self._detector = detector
             self._state = "active"
@@ -360,11 +350,7 @@ class DetectorNode(LifecycleNode):
             cam.det_pub = self.create_publisher(Detection2DArray, cam.detections_topic, 10)
             if s.publish_annotated:
                 cam.ann_pub = self.create_publisher(Image, cam.annotated_topic, 5)
-        latched = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL,
-        )
-        self._label_pub = self.create_publisher(LabelInfo, s.label_info_topic, latched)
+        self._label_pub = self.create_publisher(LabelInfo, s.label_info_topic, params.LATCHED)
 
     def _destroy_publishers(self) -> None:
         for cam in self._intake.cams:
@@ -398,77 +384,19 @@ class DetectorNode(LifecycleNode):
                                     camera_timeout=timeout.camera_timeout if timeout is not None else 5.0)
 
     def _publish_diagnostics(self) -> None:
-        st = self.stats(reset_stages=True)
-        fps = self._fps.update(sum(c["processed"] for c in st["cameras"].values()))
-        detector = self._detector
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
-        name = self.get_fully_qualified_name()
-        msg.status = [detector_status(
-            f"{name}: detector", st, fps, error=self._error,
-            hardware_id=f"{detector.device} ({detector.backend})" if detector is not None else "",
-            backend_error=detector.backend_error if detector is not None else None,
-            compile_error=detector.compile_error if detector is not None else None,
-        )]
-        if st["state"] == "active":
-            for topic, c in st["cameras"].items():
-                cam_fps = self._cam_fps.setdefault(topic, FrameRate()).update(c["processed"])
-                msg.status.append(camera_status(name, topic, c, cam_fps))
+        msg.status = node_statuses(self.get_fully_qualified_name(), self.stats(reset_stages=True), self._rates,
+                                   error=self._error, detector=self._detector)
         self._diag_pub.publish(msg)
 
 
 def main(args: list[str] | None = None, *, stop: Any = None) -> int:
-    """Console script ``centernet-detector [--ros-args --params-file config/detect.yaml ...]``.
+    """Console script ``centernet-detector``: :func:`.detector_main.main` (kept here for
+    ``python -m centernet_ros.ros.node``)."""
+    from .detector_main import main as run
 
-    Exit status 0 after SIGINT / SIGTERM at any moment, imports and start-up included (``stop``: the
-    :class:`.stop.StopSignals` that the console script installed first; installed here when None), and
-    after the lifecycle ``shutdown`` transition (``ros2 lifecycle set <node> shutdown``); 2 on invalid
-    parameters."""
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-
-    from .stop import Interrupted, StopSignals, quietly
-
-    stop = stop or StopSignals.install()
-    prog = "centernet-detector"
-    node: DetectorNode | None = None
-    executor = None
-    try:
-        # rclpy's handlers would raise KeyboardInterrupt anywhere (see .stop): ours stay installed
-        rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-        try:
-            node = DetectorNode()
-        except (InvalidParameterTypeException, InvalidParameterValueException, ValueError) as exc:
-            print(f"{prog}: invalid parameters: {exc}", file=sys.stderr)
-            return 2
-        autostart = bool(node.get_parameter("autostart").value)
-        node.get_logger().debug(f"started (pid {os.getpid()}, autostart={autostart})")
-        if autostart:
-            node.autostart()
-        stop.running()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while not stop.requested and node.state != "finalized":
-            executor.spin_once(timeout_sec=0.1)  # a signal sets stop.requested; seen within 0.1 s
-        if node.state == "finalized":
-            end = time.monotonic() + 0.3  # the shutdown transition's response on its way before the node goes
-            while time.monotonic() < end and not stop.requested:
-                executor.spin_once(timeout_sec=0.05)
-            node.get_logger().info("finalized: exiting")
-    except (Interrupted, ExternalShutdownException):
-        pass
-    finally:
-        stop.running()  # from here on a signal is only counted
-        if node is not None and stop.requested:
-            quietly(prog, "logging", lambda: node.get_logger().info(f"{stop.name}: shutting down"))
-        if node is not None:
-            quietly(prog, "stopping the node", node.close)
-        if executor is not None:
-            quietly(prog, "executor shutdown", executor.shutdown)
-        if node is not None:
-            quietly(prog, "destroy_node", node.destroy_node)
-        quietly(prog, "rclpy shutdown", rclpy.try_shutdown)
-    return 0
+    return run(args, stop=stop)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,14 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.parameter import Parameter
-from rclpy.qos import ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from ..decode import DecodeConfig
 from ..detector import BACKENDS, resolve_device
 
 __all__ = [
     "NodeSettings", "BatchSettings", "DECODE_DEFAULTS", "DECODE_RENAMED", "STATIC", "BATCH", "DECODE", "RELIABILITY",
+    "LATCHED",
     "DEFAULTS", "default_weights_path", "detections_topic_for", "cpu_threads_for", "descriptor_of", "declare_all",
     "restore_ranges", "coerce_whole_numbers", "read_settings", "read_batch", "read_decode",
 ]
@@ -41,6 +42,9 @@ __all__ = [
 PACKAGE = "centernet_ros"
 DEFAULT_MODEL = "centernet_vehicles.safetensors"
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+# LabelInfo: the last message kept for subscribers that join later
+LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
 _TRANSPORTS = ("auto", "raw", "compressed")
 
 
@@ -157,6 +161,11 @@ class NodeSettings:
 
     def annotated_topic_of(self, i: int) -> str:
         return detections_topic_for(self.detections_topic_of(i), "detections_image")
+
+    def camera_qos(self) -> QoSProfile:
+        """QoS of the camera subscriptions: keep the last ``qos_depth``, ``qos_reliability``, volatile."""
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(self.qos_depth),
+                          reliability=RELIABILITY[self.qos_reliability], durability=DurabilityPolicy.VOLATILE)
 
 
 @dataclass
