@@ -10,7 +10,9 @@ Topics: /demo/camera/image_raw (video), /demo/camera/detections (vision_msgs/Det
 detect.launch.py with the same file. The network input defaults to what ``centernet-demo`` uses:
 256x448 on a CPU, 384x640 on a GPU (``input_size`` overrides it). Without ``loop`` the launch ends,
 with exit status 0, once the video publisher has sent its last frame (and got its detections back)
-or ``max_frames`` frames.
+or ``max_frames`` frames. ``fastdds_profile`` (default ``auto``: the package's
+config/fastdds_large_frames.xml unless the environment names a Fast DDS profile; a path; '' = none)
+goes to both processes: the video publisher's frames reach the detector through its shared memory.
 """
 import os
 
@@ -39,6 +41,17 @@ def default_params_file():
     except Exception:  # package not installed: running from the source tree
         pass
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config', 'demo.yaml')
+
+
+def _fastdds_env(context):
+    """The environment variables the ``fastdds_profile`` launch argument adds (centernet_ros.ros.fastdds)."""
+    from centernet_ros.ros.fastdds import launch_profile_env
+
+    choice = LaunchConfiguration('fastdds_profile').perform(context)
+    try:
+        return launch_profile_env(choice, getattr(context, 'environment', os.environ))
+    except FileNotFoundError as exc:
+        raise ValueError(f'launch argument {exc}') from None
 
 
 def _video_publisher(context):
@@ -70,6 +83,7 @@ def _video_publisher(context):
         executable='centernet-video-publisher',
         name='video_publisher',
         parameters=parameters,
+        additional_env=_fastdds_env(context),
         output='screen',
         emulate_tty=True,
     )
@@ -93,7 +107,7 @@ def _detector(context):
         except (ValueError, RuntimeError) as exc:
             raise ValueError(f'launch argument device:={device!r}: {exc}') from None
         input_size = f'[{h}, {w}]'
-    names = ('params_file', 'weights', 'device', 'score_threshold', 'log_level')
+    names = ('params_file', 'weights', 'device', 'score_threshold', 'log_level', 'fastdds_profile')
     arguments = {name: LaunchConfiguration(name).perform(context) for name in names}
     arguments['input_size'] = input_size
     return [IncludeLaunchDescription(
@@ -123,6 +137,10 @@ def generate_launch_description():
                               description='score threshold; empty: from params_file'),
         DeclareLaunchArgument('log_level', default_value='info',
                               description="level of the detector's logger: debug | info | warn | error | fatal"),
+        DeclareLaunchArgument('fastdds_profile', default_value='auto',
+                              description="Fast DDS XML profile of both processes: auto = the package's "
+                              'config/fastdds_large_frames.xml unless FASTDDS_DEFAULT_PROFILES_FILE or '
+                              "FASTRTPS_DEFAULT_PROFILES_FILE is set; a path; '' = none"),
         OpaqueFunction(function=_video_publisher),
         OpaqueFunction(function=_detector),
     ])

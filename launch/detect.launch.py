@@ -10,6 +10,9 @@ argument given on the command line overrides that one parameter, an argument lef
 the file's value. The default topics are relative (camera/image_raw -> camera/detections,
 label_info), so ``namespace`` moves them all. ``log_level`` sets the level of the node's own logger
 only (``--log-level <namespace>.<node_name>:=<level>``), not that of rcl and the middleware.
+``fastdds_profile`` (default ``auto``) gives the node the package's Fast DDS profile for large frames
+between processes (config/fastdds_large_frames.xml, unless FASTDDS_DEFAULT_PROFILES_FILE or
+FASTRTPS_DEFAULT_PROFILES_FILE is set), another profile's path, or none ('').
 """
 import os
 
@@ -87,6 +90,22 @@ def _convert(name, text):
         raise ValueError(f'launch argument {name}:={text!r}: {exc}') from None
 
 
+FASTDDS_PROFILE_HELP = ("Fast DDS XML profile of the started processes: auto = the package's "
+                        "config/fastdds_large_frames.xml (large camera frames between processes) unless "
+                        "FASTDDS_DEFAULT_PROFILES_FILE or FASTRTPS_DEFAULT_PROFILES_FILE is set; a path; '' = none")
+
+
+def fastdds_env(context):
+    """The environment variables the ``fastdds_profile`` launch argument adds (centernet_ros.ros.fastdds)."""
+    from centernet_ros.ros.fastdds import launch_profile_env
+
+    choice = LaunchConfiguration('fastdds_profile').perform(context)
+    try:
+        return launch_profile_env(choice, getattr(context, 'environment', os.environ))
+    except FileNotFoundError as exc:
+        raise ValueError(f'launch argument {exc}') from None
+
+
 def node_logger_name(namespace, node_name):
     """The name of a node's logger: ``/robot1`` + ``centernet_detector`` -> ``robot1.centernet_detector``."""
     parts = [p for p in namespace.split('/') if p] + [node_name]
@@ -115,6 +134,7 @@ def _launch_node(context):
             namespace=namespace,
             parameters=parameters,
             ros_arguments=['--log-level', f'{node_logger_name(namespace, node_name)}:={log_level}'],
+            additional_env=fastdds_env(context),
             output='screen',
             emulate_tty=True,
         )
@@ -129,6 +149,7 @@ def generate_launch_description():
         DeclareLaunchArgument('namespace', default_value='', description='node namespace'),
         DeclareLaunchArgument('log_level', default_value='info',
                               description='level of the node\'s logger: debug | info | warn | error | fatal'),
+        DeclareLaunchArgument('fastdds_profile', default_value='auto', description=FASTDDS_PROFILE_HELP),
     ]
     args += [
         DeclareLaunchArgument(name, default_value='', description=f'{text}; empty: {EMPTY.get(name, "from params_file")}')

@@ -19,6 +19,7 @@ from centernet_ros.ros.fastdds import (
     PROFILE_VARIABLES,
     apply_fastdds_profile,
     fastdds_profile_path,
+    launch_profile_env,
     profile_variable,
     with_fastdds_profile,
 )
@@ -55,6 +56,22 @@ def test_the_environment_names_it_unless_the_user_chose_a_profile():
     assert env == {"FASTDDS_DEFAULT_PROFILES_FILE": path}
     assert subprocess.run([sys.executable, "-m", "centernet_ros.ros.fastdds"], capture_output=True, text=True,
                           cwd=REPO, check=True).stdout.strip() == path
+
+
+def test_the_launch_argument_auto_a_path_or_none(tmp_path):
+    path = str(fastdds_profile_path())
+    assert launch_profile_env("auto", {}) == {"FASTDDS_DEFAULT_PROFILES_FILE": path}
+    assert launch_profile_env("auto", {"ROS_DISTRO": "humble"}) == {"FASTRTPS_DEFAULT_PROFILES_FILE": path}
+    for key in PROFILE_VARIABLES:  # the user's profile applies: nothing added
+        assert launch_profile_env("auto", {key: "/theirs.xml"}) == {}
+    assert launch_profile_env("", {}) == {} and launch_profile_env(" ", {}) == {}
+    mine = tmp_path / "mine.xml"
+    mine.write_text("<profiles/>")
+    # an explicit path wins over the environment's
+    assert launch_profile_env(str(mine), {"FASTDDS_DEFAULT_PROFILES_FILE": "/theirs.xml"}) == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(mine)}
+    with pytest.raises(FileNotFoundError, match=r"fastdds_profile:=.*nope\.xml.*no such file"):
+        launch_profile_env(str(tmp_path / "nope.xml"), {})
 
 
 def test_a_camera_process_with_the_profile_delivers_its_frames(make_node, spin_until):

@@ -1,9 +1,12 @@
 """The launch files through the real ``ros2 launch`` (see ros2_cli.py: skipped without the ROS 2 CLI,
 failed under CI=true): detect.launch.py comes up in a namespace, activates and answers a frame with
-detections; demo.launch.py plays a few frames and ends by itself; Ctrl-C at start-up or while running
-ends everything with exit status 0 and no traceback."""
+detections, with the Fast DDS profile in its environment; demo.launch.py plays a few frames and ends by
+itself; Ctrl-C at start-up or while running ends everything with exit status 0 and no traceback.
+The ``fastdds_profile`` launch argument is also checked in-process, on the actions the launch files make."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import signal
 import sys
@@ -12,7 +15,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ros2_cli import assert_clean, cli, clip_frame, graph, wait_until_handled  # noqa: E402,F401  (cli, graph: fixtures)
+from ros2_cli import REPO, assert_clean, cli, clip_frame, graph, wait_until_handled  # noqa: E402,F401  (cli, graph: fixtures)
+
+from centernet_ros.ros.fastdds import PROFILE_FILE, PROFILE_VARIABLES, fastdds_profile_path, profile_variable  # noqa: E402
 
 # the bundled model with the plain torch forward pass: no ONNX export at activation (seconds on a CPU)
 FAST = ("device:=cpu", "backend:=torch", "cpu_threads:=1")
@@ -51,10 +56,19 @@ def test_detect_launch_in_a_namespace_answers_a_frame_then_ctrl_c(cli, graph):
     assert len(labels[0].class_map) == 5  # the bundled model's classes
 
     # log_level:=debug: the node's logger only (its own debug line), none of rcl / rmw / rclpy
-    launch.wait_for(r"\[DEBUG\] \[[\d.]+\] \[robot1\.centernet_detector\]: started")
+    started = launch.wait_for(r"\[DEBUG\] \[[\d.]+\] \[robot1\.centernet_detector\]: started \(pid (\d+)")
     others = [line for line in launch.output.splitlines()
               if "[DEBUG]" in line and "[robot1.centernet_detector" not in line]
     assert not others, "\n".join(others[:10])
+
+    # fastdds_profile:=auto (default): the node's process was started with the package's profile
+    environ = Path(f"/proc/{started.group(1)}/environ").read_bytes().split(b"\0")
+    named = {k.decode(): v.decode() for k, _, v in (e.partition(b"=") for e in environ) if k.decode() in PROFILE_VARIABLES}
+    if any(os.environ.get(k) for k in PROFILE_VARIABLES):  # the user's own profile is kept
+        assert named == {k: os.environ[k] for k in PROFILE_VARIABLES if k in os.environ}, named
+    else:
+        assert list(named) == [profile_variable()], named
+        assert Path(named[profile_variable()]).samefile(REPO / "config" / PROFILE_FILE), named
 
     launch.signal_group(signal.SIGINT)  # Ctrl-C in a terminal: launch and the node get it, then launch's own
     assert_clean(launch, launch.wait(60.0))
@@ -104,3 +118,51 @@ def test_launch_arguments_are_described(cli):
             "(config/detect.yaml: the bundled models/centernet_vehicles.safetensors)") in described
     res = cli("launch", "centernet_ros", "demo.launch.py", "--show-args")
     assert res.returncode == 0 and "'max_frames':" in res.stdout, res.stdout
+
+
+def _load_launch_file(name: str):
+    pytest.importorskip("launch_ros", reason="the launch / launch_ros packages are not installed")
+    spec = importlib.util.spec_from_file_location(name.replace(".", "_"), REPO / "launch" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _env_of(node, context) -> dict[str, str]:
+    from launch.utilities import perform_substitutions
+
+    return {perform_substitutions(context, k): perform_substitutions(context, v) for k, v in node.additional_env or []}
+
+
+@pytest.mark.parametrize("user_profile", [None, "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"])
+def test_fastdds_profile_argument_reaches_the_started_processes(monkeypatch, tmp_path, user_profile):
+    from launch import LaunchContext
+    from launch_ros.actions import Node
+
+    detect, demo = _load_launch_file("detect.launch.py"), _load_launch_file("demo.launch.py")
+    for key in PROFILE_VARIABLES:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("ROS_DISTRO", raising=False)
+    if user_profile:
+        monkeypatch.setenv(user_profile, "/theirs.xml")
+    mine = tmp_path / "mine.xml"
+    mine.write_text("<profiles/>")
+    ours = {"FASTDDS_DEFAULT_PROFILES_FILE": str(fastdds_profile_path())}
+    for choice, expected in [("auto", {} if user_profile else ours), ("", {}),
+                             (str(mine), {"FASTDDS_DEFAULT_PROFILES_FILE": str(mine)})]:
+        context = LaunchContext()
+        context.launch_configurations.update({"node_name": "n", "namespace": "", "log_level": "info",
+                                              "params_file": "p.yaml", "fastdds_profile": choice})
+        context.launch_configurations.update({name: "" for name in detect.OVERRIDES})
+        context.launch_configurations["input_size"] = "[256, 448]"  # not from the device: no torch import
+        context.launch_configurations.update({name: "" for name in ("video", "rate", "loop", "max_frames")})
+        (node,) = detect._launch_node(context)
+        assert _env_of(node, context) == expected, choice
+        video = [a for a in demo._video_publisher(context) if isinstance(a, Node)]
+        assert [_env_of(v, context) for v in video] == [expected], choice
+        (include,) = demo._detector(context)  # demo.launch.py hands the argument on to detect.launch.py
+        assert dict(include.launch_arguments)["fastdds_profile"] == choice
+
+    context.launch_configurations["fastdds_profile"] = str(tmp_path / "missing.xml")
+    with pytest.raises(ValueError, match="fastdds_profile:=.*missing.xml.*no such file"):
+        detect._launch_node(context)

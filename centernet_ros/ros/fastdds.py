@@ -6,6 +6,11 @@ The profile only takes effect in a process whose participant is created after th
 (before ``rclpy.init``), and must be given to the camera driver: Fast DDS sends same-host samples
 through the *writer's* shared-memory segment.  ``python -m centernet_ros.ros.fastdds`` prints the path
 (``export FASTDDS_DEFAULT_PROFILES_FILE=$(python -m centernet_ros.ros.fastdds)``).  Nothing here imports rclpy.
+
+Who applies it: detect.launch.py and demo.launch.py give it to the processes they start (launch argument
+``fastdds_profile``, :func:`launch_profile_env`), ``centernet-demo`` to itself (:func:`apply_fastdds_profile`).
+``centernet-detector`` started on its own does not set it: it reads camera frames (the writer's segment
+is what counts) and publishes large samples only when someone watches its annotated images.
 """
 from __future__ import annotations
 
@@ -14,14 +19,15 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-__all__ = ["PROFILE_FILE", "PROFILE_VARIABLES", "apply_fastdds_profile", "fastdds_profile_path", "profile_variable",
-           "with_fastdds_profile"]
+__all__ = ["AUTO", "PROFILE_FILE", "PROFILE_VARIABLES", "apply_fastdds_profile", "fastdds_profile_path",
+           "launch_profile_env", "profile_variable", "with_fastdds_profile"]
 
 PACKAGE = "centernet_ros"
 PROFILE_FILE = "fastdds_large_frames.xml"
 # Fast DDS 3 (Jazzy, Kilted) reads the first (the second still works there, with a deprecation warning from
 # rmw_fastrtps in every process), Fast DDS 2.6 (Humble) only the second.
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+AUTO = "auto"  # launch argument fastdds_profile: the project's profile unless the user named one
 
 
 def fastdds_profile_path() -> Path:
@@ -64,6 +70,30 @@ def apply_fastdds_profile(env: MutableMapping[str, str] | None = None) -> None:
     for key, value in with_fastdds_profile(target).items():
         if target.get(key) != value:
             target[key] = value
+
+
+def launch_profile_env(choice: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables a launch file adds to the environment (``env``, default ``os.environ``) of the
+    processes it starts, for its launch argument ``fastdds_profile:=<choice>``:
+
+    - :data:`AUTO` (the default): the project's profile under :func:`profile_variable`, unless the user
+      set either of :data:`PROFILE_VARIABLES` (``{}``: their profile applies);
+    - ``''``: ``{}``, nothing added (Fast DDS's built-in transports, or the profile the environment names);
+    - a path: that file (made absolute) under :func:`profile_variable`, whatever the environment names.
+
+    Raises ``FileNotFoundError`` quoting ``choice`` when the path is not a file.
+    """
+    env = os.environ if env is None else env
+    choice = choice.strip()
+    if choice == "":
+        return {}
+    if choice == AUTO:
+        return {} if any(env.get(k) for k in PROFILE_VARIABLES) else {profile_variable(env): str(fastdds_profile_path())}
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"fastdds_profile:={choice!r}: no such file (a Fast DDS XML profile, "
+                                f"'{AUTO}' or '' expected)")
+    return {profile_variable(env): str(path.resolve())}
 
 
 if __name__ == "__main__":
