@@ -122,11 +122,15 @@ def test_frame_reader_decodes_ahead_loops_and_stops(scene_clip):
 def test_demo_writes_annotated_video_and_summary(tiny_weights, scene_clip, tmp_path):
     import json
 
+    from centernet_ros.ros.fastdds import PROFILE_VARIABLES, fastdds_profile_path
+
     out = tmp_path / "out"
+    picture = tmp_path / "pictures" / "frames.png"
     cmd = [sys.executable, "-m", "centernet_ros.ros.demo", "--video", str(scene_clip), "--weights", str(tiny_weights),
-           "--device", "cpu", "--input-size", "128", "128", "--max-frames", "5", "--out", str(out), "--no-progress"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+           "--device", "cpu", "--input-size", "128", "128", "--max-frames", "5", "--out", str(out), "--no-progress",
+           "--frames-picture", str(picture), "--picture-frames", "4"]
+    env = {k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES and k != "ROS_DISTRO"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["frames"] == 5 and summary["frames_published"] == 5 and summary["frames_written"] == 5
@@ -136,8 +140,29 @@ def test_demo_writes_annotated_video_and_summary(tiny_weights, scene_clip, tmp_p
     assert summary["latency_ms"]["p50"] > 0 and summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"]
     assert summary["fps"] > 0
     assert "frames: 5 processed" in proc.stdout and "box" in proc.stdout
+    # the demo gave itself the Fast DDS profile (none was set)
+    assert Path(summary["fastdds_profile"]).samefile(fastdds_profile_path())
+    # detections per frame and box sizes (the scene's rectangle is 100-odd px wide in a 320x180 frame)
+    boxes = summary["boxes"]
+    assert boxes["boxes"] == summary["detections"] and boxes["detections_per_frame"] == summary["detections"] / 5
+    assert 0 < boxes["width"]["px"]["p10"] <= boxes["width"]["px"]["p50"] <= boxes["width"]["px"]["max"]
+    assert boxes["width"]["frac"]["p50"] == pytest.approx(boxes["width"]["px"]["p50"] / 320, abs=1e-3)
+    assert boxes["height"]["frac"]["max"] == pytest.approx(boxes["height"]["px"]["max"] / 180, abs=1e-3)
+    assert 0 <= boxes["wider_than_half_frame"] <= boxes["boxes"]
+    assert f"boxes wider than half the frame: {boxes['wider_than_half_frame']}" in proc.stdout
+    assert "per frame on average" in proc.stdout
     written = _read_frames(out / "demo.mp4")
     source = _read_frames(scene_clip)[:5]
     assert len(written) == 5 and written[0].shape == (180, 320, 3)
     # the boxes are drawn: the written frames differ from the input along the rectangle's outline
     assert (np.abs(written[0].astype(int) - source[0].astype(int)).max(axis=2) > 60).sum() > 200
+    # --frames-picture: frames 0, 1, 3, 4 of the annotated stream in a 2 x 2 grid
+    assert summary["frames_picture"] == str(picture) and "frames [0, 1, 3, 4]" in proc.stdout
+    tiles = cv2.imread(str(picture))
+    assert tiles.shape == (360, 640, 3)
+    for cell, index in zip(((0, 0), (0, 320), (180, 0), (180, 320)), (0, 1, 3, 4)):
+        y, x = cell
+        got = tiles[y + 40:y + 180, x:x + 320].astype(int)  # below the "frame N" label
+        # the annotated frame itself (lossless here; lossy in demo.mp4): closer to that one than to any other
+        diffs = [np.abs(got - w[40:].astype(int)).mean() for w in written]
+        assert int(np.argmin(diffs)) == index and diffs[index] < 8, (index, diffs)

@@ -8,7 +8,11 @@ Three nodes share one process and one multi-threaded executor, talking over real
                    <-------- lockstep: next frame once its detections are out --/demo/camera/detections_image-->
 
 The recorder writes the annotated frames to ``<out>/demo.mp4`` and a summary (frames, detections per
-class name, FPS, latency p50/p99) to stdout and ``<out>/demo_summary.json``. The publisher waits for
+class name, detections per frame and the box-size distribution (:mod:`.demo_report`), FPS, latency
+p50/p99) to stdout and ``<out>/demo_summary.json``; ``--frames-picture`` also tiles a few annotated
+frames, spread evenly over the run, into one picture. The process uses the package's Fast DDS profile
+(:mod:`.fastdds`) unless the environment names one, so that a viewer in another process (rviz) gets
+the annotated frames. The publisher waits for
 each frame's detections before sending the next, so every frame is processed even on a slow CPU.
 The network input defaults to 256x448 on a CPU (the whole 922-frame clip in about 2.5 minutes on
 two cores) and to 384x640 on a GPU (the clip's 640x360 at full resolution); both keep the clip's
@@ -19,12 +23,15 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .demo_report import PICTURE_FRAMES, BoxSizes, FramePicker, describe, picture_indices, write_picture
 
 __all__ = ["CPU_INPUT_SIZE", "GPU_INPUT_SIZE", "default_input_size", "main", "parse_args"]
 
@@ -77,7 +84,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--params-file", type=Path, default=None, help="ROS parameters file (default: config/demo.yaml)")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds (default: 1800)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--frames-picture", type=Path, default=None, metavar="PATH",
+                   help="also write this picture (.png, .jpg) of annotated frames spread evenly over the run")
+    p.add_argument("--picture-frames", type=int, default=PICTURE_FRAMES, metavar="N",
+                   help=f"frames in that picture (default: {PICTURE_FRAMES}, a 3 x 2 grid)")
     args = p.parse_args(argv)
+    if args.picture_frames < 1:
+        p.error(f"--picture-frames must be >= 1, got {args.picture_frames}")
+    if args.frames_picture is not None:
+        import cv2
+
+        if not cv2.haveImageWriter(str(args.frames_picture)):
+            p.error(f"--frames-picture: OpenCV cannot write '{args.frames_picture}' (use .png or .jpg)")
     if args.max_frames < 0:
         p.error(f"--max-frames must be >= 0, got {args.max_frames}")
     if args.input_size is not None and any(v <= 0 or v % 32 for v in args.input_size):
@@ -96,7 +114,8 @@ def main(argv: list[str] | None = None, *, stop: Any = None) -> int:
     """Console script ``centernet-demo``. Exit status 0 when frames were processed, and after SIGINT /
     SIGTERM at any moment (``stop``: the :class:`.stop.StopSignals` that the console script installed
     first; installed here when None): interrupted while streaming, it still writes the summary of the
-    frames so far. 1 when no frame came through or a file cannot be read or written, 2 on bad options."""
+    frames so far. 1 when no frame came through or a file (the ``--frames-picture`` included) cannot be read
+or written, 2 on bad options."""
     from .stop import Interrupted, StopSignals, quietly
 
     stop = stop or StopSignals.install()
@@ -115,6 +134,7 @@ def main(argv: list[str] | None = None, *, stop: Any = None) -> int:
 
     from ..detector import resolve_device
     from .conversions import image_msg_to_array, to_bgr
+    from .fastdds import apply_fastdds_profile, profile_variable
     from .node import DetectorNode, default_weights_path
     from .video_publisher import VideoPublisher, default_video_path
 
@@ -131,6 +151,7 @@ def main(argv: list[str] | None = None, *, stop: Any = None) -> int:
         print(f"centernet-demo: video file not found: '{video_path}'", file=sys.stderr)
         return 2
 
+    apply_fastdds_profile()  # before rclpy.init: Fast DDS reads it when the participant is created
     context = Context()
     nodes: list[Any] = []
     writer = None
@@ -164,6 +185,9 @@ def main(argv: list[str] | None = None, *, stop: Any = None) -> int:
         names: dict[int, str] = dict(enumerate(detector.class_names))
         per_class: collections.Counter[str] = collections.Counter()
         e2e_ms: list[float] = []
+        boxes = BoxSizes()
+        picker = FramePicker([])  # the frames wanted: once the video's length is known
+        frame_size: list[tuple[int, int]] = []  # (H, W) of the annotated frames
         state = {"det_frames": 0, "video_frames": 0, "first": None, "last": None}
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +204,7 @@ def main(argv: list[str] | None = None, *, stop: Any = None) -> int:
             for d in msg.detections:
                 cid = d.results[0].hypothesis.class_id if d.results else "?"
                 per_class[names.get(int(cid), cid) if cid.isdigit() else cid] += 1
+            boxes.add_frame([d.bbox.size_x for d in msg.detections], [d.bbox.size_y for d in msg.detections])
             state["det_frames"] += 1
             state["last"] = time.monotonic()
 
@@ -195,6 +220,9 @@ def main(argv: list[str] | None = None, *, stop: Any = None) -> int:
                     raise RuntimeError(f"cannot write '{video_out}' (no mp4v encoder in this OpenCV build?)")
             writer.write(bgr)
             state["video_frames"] += 1
+            frame_size[:] = [bgr.shape[:2]]
+            if args.frames_picture is not None:
+                picker.offer(bgr)
 
         recorder.create_subscription(LabelInfo, LABEL_INFO, on_labels, latched)
         recorder.create_subscription(Detection2DArray, DETECTIONS, on_detections, reliable)
@@ -229,6 +257,7 @@ def main(argv: list[str] | None = None, *, stop: Any = None) -> int:
         fps_in[0] = video.file_fps
         executor.add_node(video)
         total = video.total_frames if not args.max_frames else min(args.max_frames, video.total_frames or args.max_frames)
+        picker.wanted = picture_indices(total, args.picture_frames)
         t0 = time.monotonic()
         done_at = None
         with tqdm(total=total or None, unit="frame", desc="centernet-demo", disable=args.no_progress) as bar:
@@ -260,10 +289,13 @@ def main(argv: list[str] | None = None, *, stop: Any = None) -> int:
             "rejected": cam_stats["rejected"],
             "detections": int(sum(per_class.values())),
             "detections_per_class": dict(per_class.most_common()),
+            "boxes": boxes.summary(frame_size[0] if frame_size else None),
             "fps": round(state["det_frames"] / span, 2) if span > 0 else None,
             "latency_ms": _percentiles(detector.latencies_ms()),
             "end_to_end_latency_ms": _percentiles(e2e_ms),
             "output_video": str(video_out),
+            "frames_picture": None,  # set below once written
+            "fastdds_profile": os.environ.get(profile_variable()) or None,
             "wall_time_s": round(time.monotonic() - t0, 1),
             "interrupted": stop.name or None,
         }
@@ -285,15 +317,28 @@ def main(argv: list[str] | None = None, *, stop: Any = None) -> int:
             quietly("centernet-demo", "destroy_node", node.destroy_node)
         quietly("centernet-demo", "rclpy shutdown", lambda: rclpy.try_shutdown(context=context))
 
+    picture_error = ""
+    if args.frames_picture is not None:
+        try:  # ValueError: no annotated frame came through
+            write_picture(args.frames_picture, picker.frames)
+            summary["frames_picture"] = str(args.frames_picture)
+        except (OSError, ValueError) as exc:
+            picture_error = f"centernet-demo: the frames picture: {exc}"
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lat, e2e = summary["latency_ms"], summary["end_to_end_latency_ms"]
     print(f"frames: {summary['frames']} processed ({summary['dropped']} dropped, {summary['rejected']} rejected) "
           f"on {summary['device']} at input {summary['input_size'][0]}x{summary['input_size'][1]}")
     print("detections: " + (", ".join(f"{k} {v}" for k, v in summary["detections_per_class"].items()) or "none")
           + f" ({summary['detections']} total)")
+    print("\n".join(describe(summary["boxes"])))
     print(f"throughput: {summary['fps']} fps; latency receive->publish p50 {lat['p50']} ms, p99 {lat['p99']} ms; "
           f"camera->recorder p50 {e2e['p50']} ms, p99 {e2e['p99']} ms")
     print(f"wrote {summary['output_video']} ({summary['frames_written']} frames) and {out_dir / 'demo_summary.json'}")
+    if summary["frames_picture"]:
+        print(f"wrote {summary['frames_picture']} (frames {sorted(picker.frames)} of the annotated stream)")
+    if picture_error:
+        print(picture_error, file=sys.stderr)
+        return 1
     if stop.requested:
         print(f"centernet-demo: interrupted ({stop.name}) after {summary['frames']} frames", file=sys.stderr)
         return 0
