@@ -147,8 +147,11 @@ def test_damaged_png_gets_a_precise_reason(damage, reason):
 
 # ------------------------------------------------------------------------------- decompression bombs
 
+# Peak memory of the script's own process: VmHWM (the high-water mark of the address space made at exec).
+# Not getrusage's ru_maxrss: Linux carries that over from the parent through fork/vfork and exec, so it
+# reads the pytest process's peak (1.5 GB late in a full run) instead of the script's (~50 MB).
 _BOMB_SCRIPT = textwrap.dedent("""
-    import json, resource, sys, time
+    import json, re, sys, time
     sys.path.insert(0, sys.argv[1])
     from imaging import bmp_rle8_bomb, png_zero_bomb
     from centernet_ros.ros.conversions import ImageConversionError, compressed_msg_to_array, decode_compressed
@@ -169,7 +172,8 @@ _BOMB_SCRIPT = textwrap.dedent("""
         except ImageConversionError as exc:
             reason = str(exc)
         out[name] = {"bytes": len(data), "reason": reason, "seconds": time.perf_counter() - t}
-    out["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/status") as f:
+        out["peak_rss_kib"] = int(re.search(r"^VmHWM:\\s*(\\d+) kB", f.read(), flags=re.M).group(1))
     print(json.dumps(out))
 """)
 
@@ -187,7 +191,9 @@ def test_decompression_bombs_are_refused_quickly_in_bounded_memory():
                                     f"{MAX_PIXELS} (max_pixels)")
     assert out["bmp"]["reason"].startswith("not a JPEG or PNG (first bytes 42 4d")
     assert out["png"]["seconds"] < 1.0 and out["bmp"]["seconds"] < 1.0  # decoding took 9-14 s
-    assert out["maxrss_kib"] < 1024 * 1024  # peak RSS of the whole process under 1 GB (decoding: 5.8 GB)
+    # issue 13: memory stays under 1 GB (decoding the PNG bomb alone needs 900 MB, the node reached 5.8 GB);
+    # the script's peak is its imports' (~50 MB)
+    assert out["peak_rss_kib"] < 1024 * 1024, out
 
 
 # ------------------------------------------------------------------------------- decoder chatter on stderr
