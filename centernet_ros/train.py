@@ -114,11 +114,6 @@ def train(cfg: TrainConfig) -> dict:
     from .targets import TargetConfig
     from .weights import save_model
 
-    import cv2
-
-    # OpenCV's worker pool does not survive fork(): a DataLoader worker forked after the main process decoded
-    # images with it (the image cache) deadlocks in its first cv2 call. The main process needs no pool.
-    cv2.setNumThreads(1)
     oc = cfg.train
     dist, device = init_distributed(oc.device)
     try:

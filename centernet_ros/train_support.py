@@ -82,6 +82,11 @@ def build_data(cfg: TrainConfig, *, target_cfg_factory, dist: Dist) -> TrainData
     ``target_cfg_factory(num_classes)`` returns the ``targets.TargetConfig``. Raises ``ValueError`` /
     ``data.DatasetError`` naming the dataset, file or class that is wrong.
     """
+    import cv2
+
+    # OpenCV's worker pool does not survive fork(): a DataLoader worker forked after this process decoded
+    # images with it (the image cache, validation) deadlocks in its first cv2 call. This process needs no pool.
+    cv2.setNumThreads(1)
     specs = cfg.data.train_specs()
     if cfg.data.class_names is not None:
         names = list(cfg.data.class_names)
