@@ -57,6 +57,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # timing.py, next to t
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from centernet_ros.detector import resolve_device  # noqa: E402,F401  (re-exported for the scripts)
+from centernet_ros.train_support import cpu_bf16_supported  # noqa: E402,F401  (one probe for training and benchmarks)
 from timing import (  # noqa: E402,F401  (re-exported for the scripts)
     RatioStats,
     Timing,
@@ -107,14 +108,6 @@ def setup_threads(threads: int | None) -> None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads!r}")
         torch.set_num_threads(threads)
-
-
-def cpu_bf16_supported() -> bool:
-    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 / AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # older / unusual builds
-        return False
 
 
 def resolve_precisions(requested: Sequence[str] | None, device: torch.device) -> tuple[list[str], list[str]]:

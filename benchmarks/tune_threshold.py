@@ -45,12 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(D, 4)`` x ``(N, 4)`` -> IoU ``(D, N)``."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+    """``(D, 4)`` x ``(N, 4)`` -> IoU ``(D, N)`` (``box_ops.box_iou`` on the host)."""
+    import torch
+
+    from centernet_ros.box_ops import box_iou
+
+    return box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)).numpy()
 
 
 def match(det_boxes, det_scores, det_labels, gt_boxes, gt_labels, ignore) -> tuple[np.ndarray, ...]:

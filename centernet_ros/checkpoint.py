@@ -69,11 +69,11 @@ class ModelEMA:
 
 
 def _rng_state() -> dict[str, Any]:
+    _, keys, pos, *_ = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np.frombuffer(
-            np.random.get_state()[1].astype("<u4").tobytes(), dtype=np.uint8).copy()),
-        "numpy_pos": int(np.random.get_state()[2]),
+        "numpy": torch.from_numpy(keys.astype(np.int64)),  # MT19937 key words (uint32 values)
+        "numpy_pos": int(pos),
         "python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),
     }
     if torch.cuda.is_available():
@@ -83,7 +83,11 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    keys = np.frombuffer(state["numpy"].numpy().tobytes(), dtype="<u4").astype(np.uint32)
+    raw = state["numpy"].numpy()
+    # checkpoints of 2026-11-30 before 09:20 UTC stored the key words as little-endian bytes
+    if raw.dtype == np.uint8:
+        raw = np.frombuffer(raw.tobytes(), dtype="<u4")
+    keys = raw.astype(np.uint32)
     np.random.set_state(("MT19937", keys, int(state["numpy_pos"]), 0, 0.0))
     random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
     if "cuda" in state and torch.cuda.is_available():
