@@ -154,9 +154,21 @@ def wait_until_handled(parent: int, timeout: float = TIMEOUT) -> int:
     pytest.fail(f"no child of {parent} handling SIGTERM within {timeout:.0f} s")
 
 
-def assert_clean(proc: Proc, code: int) -> None:
-    """Exit status 0 and no traceback, no node that died (``process has died``) in the output."""
+# launch 3.7.1 leaves Python's SIGINT handler in place (AsyncSafeSignalManager only adds a wake-up fd), so a
+# Ctrl-C that lands while it handles an event raises KeyboardInterrupt inside LaunchService._process_one_event;
+# that task is then dropped and asyncio's "Task was destroyed but it is pending!" sets launch's exit status to 1
+# (ros2/launch#495 is the same family). Launch's own race, not the nodes': accepted only with this signature.
+LAUNCH_SIGINT_RACE = ("Task was destroyed but it is pending!", "coro=<LaunchService._process_one_event()")
+
+
+def assert_clean(proc: Proc, code: int, *, interrupted_launch: bool = False) -> None:
+    """Exit status 0 and no traceback, no node that died (``process has died``) in the output.
+
+    ``interrupted_launch``: the process is ``ros2 launch`` that got a SIGINT; exit status 1 is accepted when the
+    output shows launch's own event-task race (``LAUNCH_SIGINT_RACE``) and nothing else went wrong."""
     out = proc.output
+    if interrupted_launch and code == 1 and all(part in out for part in LAUNCH_SIGINT_RACE):
+        code = 0
     assert code == 0, f"exit status {code}:\n{out}"
     assert "Traceback" not in out, out
     assert "process has died" not in out, out

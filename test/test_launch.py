@@ -71,7 +71,7 @@ def test_detect_launch_in_a_namespace_answers_a_frame_then_ctrl_c(cli, graph):
         assert Path(named[profile_variable()]).samefile(REPO / "config" / PROFILE_FILE), named
 
     launch.signal_group(signal.SIGINT)  # Ctrl-C in a terminal: launch and the node get it, then launch's own
-    assert_clean(launch, launch.wait(60.0))
+    assert_clean(launch, launch.wait(60.0), interrupted_launch=True)
     assert re.search(r"\[centernet-detector-1\]: process has finished cleanly", launch.output), launch.output
 
 
@@ -98,7 +98,7 @@ def test_ctrl_c_during_start_up_ends_cleanly(cli, during, group):
         launch.signal_group(signal.SIGINT)
     else:  # SIGINT to launch only: launch passes it on
         launch.popen.send_signal(signal.SIGINT)
-    assert_clean(launch, launch.wait(60.0))
+    assert_clean(launch, launch.wait(60.0), interrupted_launch=True)
     assert "[centernet-detector-1]: process has finished cleanly" in launch.output, launch.output
 
 
