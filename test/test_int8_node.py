@@ -87,9 +87,17 @@ def _iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def test_node_runs_the_int8_model_end_to_end(int8_weights, rclpy_context, make_node, spin_until):
+@pytest.mark.parametrize("where", ["default path", "int8_model parameter"])
+def test_node_runs_the_int8_model_end_to_end(where, int8_weights, rclpy_context, make_node, spin_until, tmp_path):
     params = dict(weights=str(int8_weights), device="cpu", backend="onnxruntime-int8",
                   camera_topics=["/int8cam/image_raw"], max_batch_latency_ms=0.0, diagnostics_period=0.2)
+    if where == "int8_model parameter":  # the file elsewhere, under another name: only the parameter finds it
+        moved = tmp_path / "elsewhere" / "my_int8.onnx"
+        moved.parent.mkdir()
+        moved.write_bytes((int8_weights.parent / "scene.int8-128x128.onnx").read_bytes())
+        params["int8_model"] = str(moved)
+        params["weights"] = str(tmp_path / "elsewhere" / "scene.safetensors")
+        Path(params["weights"]).write_bytes(int8_weights.read_bytes())
     node = DetectorNode("int8_detector", context=rclpy_context,
                         parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     try:

@@ -195,6 +195,7 @@ class DetectorNode(LifecycleNode):
                     DetectorConfig(
                         weights=str(self._weights_path), device=s.device, input_size=cfg_size, fp16=s.fp16,
                         channels_last=s.channels_last, compile=s.compile, backend=s.backend,
+                        int8_model=s.int8_model or None,
                     ),
                     decode=self._decode_cfg,
                 )

@@ -98,6 +98,8 @@ class NodeSettings:
     channels_last: bool = False  # NHWC memory format for the forward pass (CUDA)
     compile: bool = False  # CUDA graphs via torch.compile for the padded batch sizes (CUDA only; eager on failure)
     backend: str = "auto"  # forward pass: auto (onnxruntime on CPU when installed, else torch) | torch | onnxruntime
+    #                        | onnxruntime-int8 (the INT8 file of centernet-export --int8; CPU)
+    int8_model: str = ""  # backend onnxruntime-int8: the INT8 .onnx; "" = <weights stem>.int8-<H>x<W>.onnx beside the weights
     camera_topics: list[str] = field(default_factory=lambda: ["camera/image_raw"])  # sensor_msgs/Image topics (relative: follow the namespace)
     transports: list[str] = field(default_factory=lambda: ["auto"])  # one for all or one per topic: auto|raw|compressed
     detections_topics: list[str] = field(default_factory=lambda: ["auto"])  # ["auto"] = <camera ns>/detections
@@ -203,7 +205,10 @@ _DESCRIPTIONS = {
     "fp16": "half-precision forward pass on CUDA",
     "channels_last": "NHWC memory format for the forward pass (CUDA)",
     "compile": "torch.compile with CUDA graphs for the padded batch sizes (CUDA only; falls back to eager)",
-    "backend": "forward pass: auto (onnxruntime on CPU when installed, else torch) | torch | onnxruntime",
+    "backend": "forward pass: auto (onnxruntime on CPU when installed, else torch) | torch | onnxruntime | "
+               "onnxruntime-int8 (the INT8 file of centernet-export --int8; CPU)",
+    "int8_model": "backend onnxruntime-int8: the INT8 .onnx file; empty = <weights stem>.int8-<H>x<W>.onnx beside "
+                  "the weights",
     "camera_topics": "sensor_msgs/Image (or CompressedImage) topics, one per camera",
     "transports": "auto | raw | compressed, one for all topics or one per topic (auto: '/compressed' suffix)",
     "detections_topics": "['auto'] (= <camera ns>/detections) or one vision_msgs/Detection2DArray topic per camera",
