@@ -6,7 +6,7 @@ Raw images (``encodings``): for rgb8/bgr8/rgba8/bgra8/mono8 and their 16-bit for
 *view* of ``msg.data`` in the encoding's colour order (the colour conversion happens later, on the
 inference device); yuv422/yuyv/nv12/nv21 and Bayer mosaics are converted to BGR with OpenCV.
 ``CompressedImage`` payloads (``image_decode``): JPEG/PNG only, size checked from the header before
-``cv2.imdecode``, stored pixels (EXIF orientation not applied), the decoders' own stderr lines dropped.
+decoding with Pillow (its codecs print nothing), stored pixels (EXIF orientation not applied).
 Every malformed input raises ``ImageConversionError`` with a short, bounded reason; nothing here logs.
 ``bounded`` cuts any other message-borne string (for logs and /diagnostics).
 

@@ -1,8 +1,8 @@
-"""``CompressedImage`` payloads (JPEG, PNG) -> BGR arrays: checked before decoding, decoded quietly.
+"""``CompressedImage`` payloads (JPEG, PNG) -> BGR arrays: checked before decoding, decoded silently.
 
 Legend: H/W image height/width.
 
-Before ``cv2.imdecode`` sees a payload (``check_compressed``):
+Before a decoder sees a payload (``check_compressed``):
 
 1. **Format by magic bytes.** Only what ``sensor_msgs/CompressedImage`` carries: JPEG (``FF D8 FF``) and
    PNG (``89 'PNG' 0D 0A 1A 0A``). A BMP, TIFF, WebP, GIF, ... is refused, and so is a
@@ -12,28 +12,30 @@ Before ``cv2.imdecode`` sees a payload (``check_compressed``):
    and seconds. PNG: the IHDR chunk, which must come first. JPEG: the frame header (SOF0-SOF15), found by
    walking the marker segments from the start of the file.
 3. **PNG chunk structure**: every chunk lies inside the payload, the critical chunks (IHDR, PLTE, IDAT,
-   IEND) match their CRC-32, an IDAT comes before IEND. A truncated or damaged PNG gets a precise reason
-   and never reaches libpng.
+   IEND) match their CRC-32, an IDAT comes before IEND. A truncated or damaged PNG gets a precise reason.
 
-Decoding uses ``cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION``: the stored pixels, never rotated by
-an EXIF Orientation tag, as ROS image tools (rviz, the raw topic) show them.
+Decoding (``decode_compressed``) uses Pillow, whose codecs never write to the process's stderr: its
+libjpeg error manager has a silent ``output_message``, and its PNG plugin is its own code over zlib, not
+libpng. (Behind ``cv2.imdecode``, libpng's and libjpeg's default handlers print "libpng error: ..." and
+"Corrupt JPEG data: ..." from C, beyond reach of any log level; redirecting file descriptor 2 around
+the call lost other threads' lines.) Pillow's Python-level warnings (a malformed EXIF block or APNG
+chunk) are ignored by a process-wide ``warnings`` filter for the ``PIL`` modules, installed on import.
+The result equals ``cv2.imdecode(buf, IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION)`` (tested per Pillow
+mode): the stored pixels, never rotated by an EXIF Orientation tag (as rviz and the raw topic show
+them); alpha and PNG transparency (tRNS) ignored; 16-bit samples reduced to their high byte; Adobe
+CMYK/YCCK JPEGs converted with OpenCV's formula. A truncated JPEG is refused, as by OpenCV 5, and so
+is one with 12-bit samples (Pillow reads 8-bit JPEGs only).
 
-libpng and libjpeg report damaged data by printing to the process's stderr themselves ("libpng error:
-...", "Corrupt JPEG data: ..."), and OpenCV logs its own warnings there, one line per bad image, beyond
-reach of any log level. ``cv2.imdecode`` therefore runs with file descriptor 2 pointed at a scratch file
-(``_decoder_output_dropped``, one decode at a time); afterwards the lines the decoders wrote are dropped
-and whatever else was written meanwhile (another thread's log lines) is passed on, late by the decode
-time but not lost.
+Pillow's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, a process global) is not in the
+way: the format's image class is opened directly (not through ``PIL.Image.open``, which applies it), and
+its size must equal the one checked against ``max_pixels`` before any pixel is allocated.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import tempfile
-import threading
+import io
+import warnings
 import zlib
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -52,14 +54,9 @@ _PNG_CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RST0-7: no length field
 
-# Lines the decoders print themselves: libpng's default error/warning handlers, libjpeg's warnings
-# (jerror.h JWRN_*), OpenCV's log lines ("[ WARN:0@0.029] global ..."; not ROS's "[WARN] [time] [node]").
-_DECODER_LINE = re.compile(
-    rb"(?:libpng (?:error|warning)\b"
-    rb"|\[ ?(?:FATAL|ERROR|WARN|INFO|DEBUG|VERBOSE):\d+(?:@[\d.]+)?\] "
-    rb"|Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Inconsistent progression sequence"
-    rb"|Warning: unknown JFIF|Unknown Adobe color transform|Application transferred too)")
-_STDERR_LOCK = threading.Lock()
+# Pillow reports a damaged EXIF block or APNG chunk with warnings.warn (printed once per line of Pillow);
+# the image itself decodes. A process-wide filter: warnings.catch_warnings is not thread-safe (Python 3.11).
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 
 
 def check_compressed(data: Any, *, max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
@@ -166,70 +163,61 @@ def decode_compressed(data: Any, *, max_pixels: int = MAX_PIXELS) -> RawImage:
     """JPEG/PNG bytes -> ``RawImage`` ``uint8[H, W, 3]`` in BGR order, the stored pixels (EXIF not applied).
 
     ``check_compressed`` runs first (format by magic bytes, declared ``W * H <= max_pixels``, PNG
-    structure); then ``cv2.imdecode`` with ``IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION``, whatever the
-    decoders print to stderr dropped. Raises ``ImageConversionError`` with the reason.
+    structure); then Pillow decodes, printing nothing. The array is new, C-contiguous and writable, equal
+    to ``cv2.imdecode(buf, IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION)`` (see the module docstring for the
+    exceptions). Raises ``ImageConversionError`` with a bounded reason for a payload that fails the checks
+    or that Pillow cannot decode (truncated, corrupt, unsupported); never a Pillow exception.
     """
-    import cv2
+    fmt, w, h = check_compressed(data, max_pixels=max_pixels)
+    from PIL import JpegImagePlugin, PngImagePlugin
 
-    check_compressed(data, max_pixels=max_pixels)
-    buf = np.frombuffer(data, dtype=np.uint8)
+    image_class = JpegImagePlugin.JpegImageFile if fmt == "jpeg" else PngImagePlugin.PngImageFile
     try:
-        with _decoder_output_dropped():
-            img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    except cv2.error as exc:  # some codecs raise instead of returning None
-        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
-        raise ImageConversionError(f"corrupt compressed image: {bounded(last)}") from None
-    if img is None or img.size == 0:
-        raise ImageConversionError(f"corrupt or unsupported compressed image ({buf.size} bytes)")
+        with image_class(io.BytesIO(memoryview(np.frombuffer(data, dtype=np.uint8)))) as im:
+            if im.size != (w, h):  # Pillow read another frame header than check_compressed: refuse
+                raise ImageConversionError(f"corrupt {fmt}: frame headers disagree ({w}x{h} and "
+                                           f"{im.size[0]}x{im.size[1]})")
+            im.load()
+            img = _to_bgr(im)
+    except ImageConversionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any Pillow failure on untrusted bytes is a rejected frame
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        kind = "truncated" if "truncated" in reason else "corrupt or unsupported"
+        raise ImageConversionError(f"{kind} {fmt}: {bounded(reason)}") from None
     return RawImage(img, "bgr")
 
 
-@contextlib.contextmanager
-def _decoder_output_dropped() -> Iterator[None]:
-    """Point fd 2 at a scratch file for the block; then pass on every line but the decoders' own.
+def _to_bgr(im: Any) -> np.ndarray:
+    """A loaded Pillow image -> new ``uint8[H, W, 3]`` BGR, as OpenCV's ``IMREAD_COLOR`` gives it.
 
-    One block at a time (a lock): the scratch file must belong to one decode. Where fd 2 cannot be
-    duplicated (closed), the block runs as is.
+    Modes from JPEG: L, RGB, CMYK (Pillow un-inverts Adobe CMYK; YCCK arrives as CMYK). From PNG: 1, L
+    (1/2/4/8-bit grey, scaled to 0-255 by bit replication as libpng does), LA, P (1/2/4/8-bit), RGB,
+    RGBA (16-bit RGB/RGBA/LA arrive as their high bytes), I;16 (16-bit grey). I, I;16B and PA are
+    handled too, should another Pillow version produce them. Raises ``ImageConversionError`` otherwise.
     """
-    with _STDERR_LOCK:
-        saved = _dup_stderr()
-        if saved is None:
-            yield
-            return
-        try:
-            with _scratch_file() as sink:
-                os.dup2(sink.fileno(), 2)
-                try:
-                    yield
-                finally:
-                    os.dup2(saved, 2)
-                    sink.seek(0)
-                    _pass_on(sink.read())
-        finally:
-            os.close(saved)
+    import cv2
 
-
-def _dup_stderr() -> int | None:
-    try:
-        return os.dup(2)
-    except OSError:  # fd 2 closed
-        return None
-
-
-def _scratch_file() -> Any:
-    """An anonymous file in memory where the OS offers one (Linux), else a temporary file."""
-    if hasattr(os, "memfd_create"):
-        return os.fdopen(os.memfd_create("decoder-stderr", os.MFD_CLOEXEC), "w+b")
-    return tempfile.TemporaryFile()
-
-
-def _pass_on(written: bytes) -> None:
-    """Write to stderr the lines of ``written`` that the decoders did not print."""
-    if not written:
-        return
-    kept = b"".join(line for line in written.splitlines(keepends=True) if not _DECODER_LINE.match(line))
-    while kept:
-        try:
-            kept = kept[os.write(2, kept):]
-        except OSError:
-            return
+    mode = im.mode
+    arr = np.asarray(im)
+    if mode == "RGB":
+        return cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    if mode == "RGBA":  # alpha dropped, as libpng's png_set_strip_alpha in OpenCV (no compositing)
+        return cv2.cvtColor(arr, cv2.COLOR_RGBA2BGR)
+    if mode in ("L", "LA"):
+        return cv2.cvtColor(np.ascontiguousarray(arr[..., 0] if mode == "LA" else arr), cv2.COLOR_GRAY2BGR)
+    if mode == "1":  # bool (stored as 0/255 bytes: not to be viewed as uint8)
+        return cv2.cvtColor(arr.astype(np.uint8) * np.uint8(255), cv2.COLOR_GRAY2BGR)
+    if mode in ("P", "PA"):  # palette to BGR; tRNS ignored; indices past the palette are black (libpng)
+        lut = np.zeros((256, 3), np.uint8)
+        pal = np.frombuffer(bytes(im.getpalette("RGB") or b""), np.uint8).reshape(-1, 3)[:256, ::-1]
+        lut[:len(pal)] = pal
+        return lut[arr[..., 0] if mode == "PA" else arr]
+    if mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey: the high byte, as OpenCV (not Pillow's clip)
+        grey = np.clip(arr.astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+        return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    if mode == "CMYK":  # OpenCV's icvCvt_CMYK2BGR on inverted (Adobe) samples: k' - ((255 - c') * k' >> 8)
+        cmyk = arr.astype(np.int32)
+        k = 255 - cmyk[..., 3:]
+        return np.ascontiguousarray((k - ((cmyk[..., 2::-1] * k) >> 8)).astype(np.uint8))
+    raise ImageConversionError(f"unsupported image mode {bounded(mode, 24)}")
