@@ -109,7 +109,7 @@ def test_label_info_reaches_a_late_subscriber_and_follows_the_threshold(start_de
     assert spin_until(lambda: len(late.msgs) > 0, det, io, timeout=TIMEOUT)
     info = late.msgs[-1]
     assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, "box")]
-    assert info.threshold == pytest.approx(0.15)  # the node default (config/detect.yaml)
+    assert info.threshold == pytest.approx(params.DECODE_DEFAULTS["score_threshold"])  # the node default (config/detect.yaml)
     assert det.set_parameters([Parameter("score_threshold", value=0.6)])[0].successful
     assert spin_until(lambda: late.msgs[-1].threshold == pytest.approx(0.6), det, io, timeout=TIMEOUT)
 
@@ -132,7 +132,7 @@ def test_every_parameter_is_described_with_its_type_and_range(rclpy_context):
     node = DetectorNode("described", context=rclpy_context)
     try:
         descs = {d.name: d for d in node.describe_parameters(list(params.DEFAULTS))}
-        assert set(descs) == set(params.DEFAULTS) and len(descs) == 34  # 19 node, 2 batching, 13 decode
+        assert set(descs) == set(params.DEFAULTS) and len(descs) == 35  # 20 node, 2 batching, 13 decode
         assert all(d.description and not d.dynamic_typing for d in descs.values())
 
         def floats(n):
