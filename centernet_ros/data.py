@@ -579,15 +579,25 @@ def _warp_boxes(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
     return np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1).astype(np.float32)  # (N, 4)
 
 
+CUT_TOLERANCE = 1.0  # output pixels a box must reach past the crop edge to count as cut there
+
+
 def _clip_and_filter(
     boxes: np.ndarray, labels: np.ndarray, out_hw: tuple[int, int], min_size: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip ``(N, 4)`` boxes to the output, drop those under ``min_size``; also say which were cut.
+
+    Returns ``(boxes, labels, cut)`` of the kept boxes, ``cut`` bool ``(N', 2)``: the crop edge cut the box
+    on its left or top side (its top-left corner is the crop's, not the object's) / right or bottom side.
+    """
     h, w = out_hw
     b = boxes.copy()
+    t = CUT_TOLERANCE
+    cut = np.stack([(b[:, 0] < -t) | (b[:, 1] < -t), (b[:, 2] > w + t) | (b[:, 3] > h + t)], axis=1)  # (N, 2)
     b[:, 0::2] = b[:, 0::2].clip(0, w)
     b[:, 1::2] = b[:, 1::2].clip(0, h)
     keep = (b[:, 2] - b[:, 0] >= max(min_size, 1e-6)) & (b[:, 3] - b[:, 1] >= max(min_size, 1e-6))
-    return b[keep], labels[keep]
+    return b[keep], labels[keep], cut[keep]
 
 
 def color_matrix(
@@ -647,7 +657,7 @@ def augment(
     *,
     cfg: AugmentConfig,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Random scale + crop + flip + colour of one training image.
 
     Args:
@@ -655,9 +665,11 @@ def augment(
         boxes: ``float32 (N, 4)`` x1, y1, x2, y2 pixels of ``image``.
         labels: ``int64 (N,)``.
     Returns:
-        ``(image uint8 (Ho, Wo, 3), boxes float32 (N', 4) in output pixels, labels int64 (N',))`` with
-        ``(Ho, Wo) = cfg.output_size``; boxes are clipped to the output and objects smaller than
-        ``cfg.min_box_size`` are dropped.
+        ``(image uint8 (Ho, Wo, 3), boxes float32 (N', 4) in output pixels, labels int64 (N',),
+        cut bool (N', 2))`` with ``(Ho, Wo) = cfg.output_size``; boxes are clipped to the output and objects
+        smaller than ``cfg.min_box_size`` are dropped; ``cut`` says whether the crop edge cut a box on its
+        left/top (top-left corner) and right/bottom (bottom-right corner) side, more than ``CUT_TOLERANCE``
+        output pixels (``targets.TargetConfig.cut_corners``).
     """
     ih, iw = image.shape[:2]
     oh, ow = cfg.output_size
@@ -675,9 +687,9 @@ def augment(
         m[0] = [-zoom, 0.0, ow - m[0, 2]]
     out = _warp(image, m, (oh, ow), cfg.pad_value)
     out = _random_color(out, cfg, rng)
-    b, lab = _clip_and_filter(_warp_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), m), labels, (oh, ow),
-                              cfg.min_box_size)
-    return out, b, np.asarray(lab, dtype=np.int64)
+    b, lab, cut = _clip_and_filter(_warp_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), m), labels, (oh, ow),
+                                   cfg.min_box_size)
+    return out, b, np.asarray(lab, dtype=np.int64), cut
 
 
 def letterbox_sample(
@@ -744,7 +756,8 @@ class CenterNetDataset(torch.utils.data.Dataset):
       ``normalize=False`` the uint8 RGB pixels instead (4x less to pass between processes and to copy to
       the GPU; normalise there with :func:`normalize_images`),
     * ``boxes``: ``Tensor[N, 4]`` input pixels, ``labels``: ``Tensor[N]`` long, ``ignore``: ``Tensor[K, 4]``
-      ignore regions in input pixels (:class:`Sample`),
+      ignore regions in input pixels (:class:`Sample`), ``cut``: ``Tensor[N, 2]`` bool, boxes the training
+      crop cut at their top-left / bottom-right corner (:func:`augment`; all False for ``train=False``),
     * ``targets``: :func:`targets.build_image_targets` of the image (when ``target_cfg`` is given),
     * ``scale``: ``Tensor[]``, ``offset``: ``Tensor[2]`` (x, y), ``orig_size``: ``Tensor[2]`` (h, w) — the
       letterbox mapping (scale 1, offset 0 for augmented images: their boxes are not mapped back),
@@ -839,19 +852,21 @@ class CenterNetDataset(torch.utils.data.Dataset):
         all_labels = np.concatenate([np.asarray(sample.labels, np.int64).reshape(-1),
                                      np.full(len(ign), -1, np.int64)])
         if self.train:
-            img, all_boxes, all_labels = augment(sample.image, all_boxes, all_labels, cfg=self.augment,
-                                                 rng=rng if rng is not None else self._generator())
+            img, all_boxes, all_labels, all_cut = augment(sample.image, all_boxes, all_labels, cfg=self.augment,
+                                                          rng=rng if rng is not None else self._generator())
             scale, ox, oy = 1.0, 0.0, 0.0
         else:
             img, all_boxes, scale_off = letterbox_sample(sample.image, all_boxes, size=self.input_size)
+            all_cut = np.zeros((len(all_boxes), 2), dtype=bool)
             scale, ox, oy = scale_off
         obj = all_labels >= 0
-        boxes, labels, ignore = all_boxes[obj], all_labels[obj], all_boxes[~obj]
+        boxes, labels, ignore, cut = all_boxes[obj], all_labels[obj], all_boxes[~obj], all_cut[obj]
         item = {
             "image": _normalise(img) if self.normalize else _to_chw(img),
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).reshape(-1),
             "ignore": torch.from_numpy(np.ascontiguousarray(ignore, dtype=np.float32)).reshape(-1, 4),
+            "cut": torch.from_numpy(np.ascontiguousarray(cut, dtype=bool)).reshape(-1, 2),
             "scale": torch.tensor(scale, dtype=torch.float32),
             "offset": torch.tensor([ox, oy], dtype=torch.float32),
             "orig_size": torch.tensor([ih, iw], dtype=torch.float32),
@@ -864,7 +879,7 @@ class CenterNetDataset(torch.utils.data.Dataset):
             s = self.target_cfg.stride
             item["targets"] = build_image_targets(
                 item["boxes"], item["labels"], output_size=(self.input_size[0] // s, self.input_size[1] // s),
-                cfg=self.target_cfg, ignore_boxes=item["ignore"],
+                cfg=self.target_cfg, ignore_boxes=item["ignore"], cut=item["cut"],
             )
         return item
 
@@ -881,7 +896,7 @@ def normalize_images(images: Tensor, *, dtype: torch.dtype = torch.float32) -> T
 def collate(items: Sequence[dict]) -> dict:
     """Batch :class:`CenterNetDataset` items: ``image`` Tensor[B, 3, H, W], ``targets`` batched
     (``targets.collate_targets``), ``scale`` Tensor[B], ``offset`` Tensor[B, 2], ``orig_size`` Tensor[B, 2];
-    ``boxes`` / ``labels`` / ``image_id`` / ``path`` as lists."""
+    ``boxes`` / ``labels`` / ``ignore`` / ``cut`` / ``image_id`` / ``path`` as lists."""
     if not items:
         raise ValueError("collate needs at least one item, got 0")
     out = {
@@ -889,6 +904,7 @@ def collate(items: Sequence[dict]) -> dict:
         "boxes": [it["boxes"] for it in items],
         "labels": [it["labels"] for it in items],
         "ignore": [it["ignore"] for it in items],
+        "cut": [it["cut"] for it in items],
         "scale": torch.stack([it["scale"] for it in items]),
         "offset": torch.stack([it["offset"] for it in items]),
         "orig_size": torch.stack([it["orig_size"] for it in items]),

@@ -110,6 +110,15 @@ def focal_loss(
     return -(pos_sum + neg_sum) / num_pos.clamp(min=1.0)
 
 
+def _head_ignore(tg: dict[str, Tensor], head: str) -> Tensor | None:
+    """``Tensor[B, H, W]`` cells without negative focal term on ``head``: ``ignore`` (all heads) or-ed
+    with ``<head>_ignore`` (cut corners of the training crop, ``targets.build_image_targets``)."""
+    common, own = tg.get("ignore"), tg.get(f"{head}_ignore")
+    if own is None:
+        return common
+    return own if common is None else common | own
+
+
 def gather_feature(feat: Tensor, inds: Tensor) -> Tensor:
     """Pick feature vectors at flat map positions.
 
@@ -228,7 +237,7 @@ class CenterNetLoss(torch.nn.Module):
             heat_w[h]
             * focal_loss(
                 outputs[f"{h}_heat"], tg[f"{h}_heat"], alpha=cfg.focal_alpha, beta=cfg.focal_beta,
-                ignore=tg.get("ignore"),
+                ignore=_head_ignore(tg, h),
             )
             for h in HEADS
         )

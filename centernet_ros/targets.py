@@ -19,6 +19,9 @@ Scaled positions are clamped into ``[0, W] x [0, H]`` and integer cells into the
 keypoint exactly on the right/bottom border (``p == W``) the offset is therefore
 ``p - (W - 1) = 1`` so that ``cell + offset`` still reproduces the keypoint.
 
+Corners that exist only because a training crop cut the box ("cut corners") can be left out of the corner
+heatmaps with ``TargetConfig.cut_corners = "ignore"`` (see :func:`build_image_targets`).
+
 Use :func:`build_image_targets` in a ``Dataset.__getitem__`` (DataLoader workers) and
 :func:`collate_targets` in the ``collate_fn``, or :func:`build_targets` for a whole batch.
 """
@@ -43,6 +46,7 @@ __all__ = [
     "draw_gaussians",
     "ignore_map",
     "keypoint_radii",
+    "window_mask",
     "TARGET_KEYS",
 ]
 
@@ -59,6 +63,8 @@ TARGET_KEYS = (
     "ct_regr",
     "mask",
     "ignore",
+    "tl_ignore",
+    "br_ignore",
 )
 
 
@@ -75,6 +81,11 @@ class TargetConfig:
     # CenterNet reference training code (wider splats, what the paper's settings were tuned with);
     # "exact" uses the exact roots of the three IoU cases (about 3x smaller radii)
     radius_variant: str = "cornernet"
+    # corners that exist only because the training crop cut the box ("cut corners", see build_image_targets):
+    # "positive" draws them like any corner (CornerNet / CenterNet); "ignore" draws none and leaves their
+    # Gaussian window out of that corner head's focal loss, so the network is not taught that the input
+    # border is full of corners (on uncut camera frames it made whole-frame boxes)
+    cut_corners: str = "positive"
 
     def __post_init__(self) -> None:
         for name, lo in (("num_classes", 1), ("stride", 1), ("max_objects", 1), ("min_radius", 0)):
@@ -86,6 +97,8 @@ class TargetConfig:
             raise ValueError(f"min_overlap must be in (0, 1), got {v!r}")
         if self.radius_variant not in ("cornernet", "exact"):
             raise ValueError(f"radius_variant must be 'cornernet' or 'exact', got {self.radius_variant!r}")
+        if self.cut_corners not in ("positive", "ignore"):
+            raise ValueError(f"cut_corners must be 'positive' or 'ignore', got {self.cut_corners!r}")
 
 
 def _as_tensor(x, dtype: torch.dtype, device: torch.device | None) -> Tensor:
@@ -152,6 +165,24 @@ def _keypoints(points: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
     return cells.long(), p - cells
 
 
+def window_mask(cells: Tensor, radii: Tensor, *, output_size: tuple[int, int]) -> Tensor:
+    """Cells within the ``(2 r + 1)^2`` window (the Gaussian splat's support) of any keypoint.
+
+    Args:
+        cells: ``Tensor[N, 2]`` long integer cells (x, y) (N may be 0).
+        radii: ``Tensor[N]`` long radii in cells.
+        output_size: ``(H, W)`` of the map.
+    Returns:
+        ``Tensor[H, W]`` bool on the device of ``cells``.
+    """
+    h, w = (int(v) for v in output_size)
+    xs = torch.arange(w, device=cells.device)
+    ys = torch.arange(h, device=cells.device)
+    in_x = (xs[None, :] - cells[:, 0:1]).abs() <= radii[:, None]  # (N, W)
+    in_y = (ys[None, :] - cells[:, 1:2]).abs() <= radii[:, None]  # (N, H)
+    return (in_y[:, :, None] & in_x[:, None, :]).any(dim=0)  # (H, W); all False for N = 0
+
+
 def ignore_map(ignore_boxes: Tensor | np.ndarray | None, *, output_size: tuple[int, int], stride: int) -> Tensor:
     """Map cells covered by ignore regions (COCO crowd boxes, unmapped source classes).
 
@@ -192,6 +223,7 @@ def build_image_targets(
     output_size: tuple[int, int],
     cfg: TargetConfig,
     ignore_boxes: Tensor | np.ndarray | None = None,
+    cut: Tensor | np.ndarray | None = None,
 ) -> dict[str, Tensor]:
     """Targets of one image (use in ``Dataset.__getitem__``; stack with :func:`collate_targets`).
 
@@ -205,11 +237,16 @@ def build_image_targets(
         output_size: ``(H, W)`` of the output map (input size // stride).
         cfg: target options.
         ignore_boxes: ``Tensor[K, 4]`` ignore regions in network-input pixels (see :func:`ignore_map`).
+        cut: ``Tensor[N, 2]`` bool or None: whether the training crop cut the box at its top-left corner
+            (left or top side) and at its bottom-right corner (``data.augment``). With
+            ``cfg.cut_corners == "ignore"`` such a corner gets no Gaussian and its window goes into
+            ``tl_ignore`` / ``br_ignore``; its embedding and offset targets stay (the box is still there).
     Returns:
         dict with ``{tl,br,ct}_heat`` ``Tensor[C, H, W]`` float32, ``{tl,br,ct}_inds``
         ``Tensor[M]`` long, ``{tl,br,ct}_regr`` ``Tensor[M, 2]`` float32, ``mask``
-        ``Tensor[M]`` bool and ``ignore`` ``Tensor[H, W]`` bool (cells where the focal loss takes no
-        negative term), on the device of ``boxes`` (CPU for arrays).
+        ``Tensor[M]`` bool, ``ignore`` ``Tensor[H, W]`` bool (cells where the focal loss takes no
+        negative term on any head) and ``tl_ignore`` / ``br_ignore`` ``Tensor[H, W]`` bool (the same for
+        one corner head: windows of cut corners), on the device of ``boxes`` (CPU for arrays).
     """
     h, w = (int(v) for v in output_size)
     if h < 1 or w < 1:
@@ -222,20 +259,26 @@ def build_image_targets(
     if lab.numel() and (lab.min() < 0 or lab.max() >= cfg.num_classes):
         bad = lab[(lab < 0) | (lab >= cfg.num_classes)][0].item()
         raise ValueError(f"labels must be in [0, {cfg.num_classes}), got {bad!r}")
+    if cut is None:
+        cut_t = torch.zeros(b.shape[0], 2, dtype=torch.bool, device=b.device)
+    else:
+        cut_t = _as_tensor(cut, torch.bool, b.device).reshape(-1, 2)  # (N, 2) tl, br
+        if cut_t.shape[0] != b.shape[0]:
+            raise ValueError(f"got {b.shape[0]} boxes but {cut_t.shape[0]} rows of cut flags")
 
     s = float(cfg.stride)
     b = torch.stack(
         [b[:, 0].clamp(0, w * s), b[:, 1].clamp(0, h * s), b[:, 2].clamp(0, w * s), b[:, 3].clamp(0, h * s)], dim=1
     )  # (N, 4)
     keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])  # NaN compares False
-    b, lab = b[keep], lab[keep]
+    b, lab, cut_t = b[keep], lab[keep], cut_t[keep]
     m = cfg.max_objects
     if b.shape[0] > m:
         warnings.warn(
             f"more than max_objects={m} objects in an image; the extra objects are dropped from the targets",
             stacklevel=2,
         )
-        b, lab = b[:m], lab[:m]
+        b, lab, cut_t = b[:m], lab[:m], cut_t[:m]
     n = b.shape[0]
 
     pts = b / s  # (N, 4) on the output map
@@ -254,7 +297,12 @@ def build_image_targets(
     for k in HEADS:
         cells, offsets = _keypoints(points[k], h, w)  # (N, 2), (N, 2)
         heat = torch.zeros(cfg.num_classes, h, w, dtype=torch.float32, device=b.device)
-        out[f"{k}_heat"] = draw_gaussians(heat, cells, lab, radii)
+        draw = torch.ones(n, dtype=torch.bool, device=b.device)  # (N,)
+        if k != "ct":
+            skip = cut_t[:, HEADS.index(k)] if cfg.cut_corners == "ignore" else torch.zeros_like(draw)
+            out[f"{k}_ignore"] = window_mask(cells[skip], radii[skip], output_size=(h, w))
+            draw = ~skip
+        out[f"{k}_heat"] = draw_gaussians(heat, cells[draw], lab[draw], radii[draw])
         inds = torch.zeros(m, dtype=torch.long, device=b.device)
         inds[:n] = cells[:, 1] * w + cells[:, 0]
         regr = torch.zeros(m, 2, dtype=torch.float32, device=b.device)

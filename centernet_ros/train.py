@@ -144,6 +144,8 @@ def train(cfg: TrainConfig) -> dict:
         if dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
+        if oc.compile:  # a compiled wrapper: model (its state_dict, EMA, validation, saving) stays eager
+            net = torch.compile(net)
         optimizer = torch.optim.Adam(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
         use_amp, amp_dtype = amp_setting(oc, device)
         scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu",

@@ -309,7 +309,7 @@ def test_augment_boxes_follow_the_warped_pixels(reference, in_hw, out_hw):
     rng = np.random.default_rng(0)
     seen_kept = seen_dropped = 0
     for _ in range(40):
-        out, ob, ol = augment(img, boxes, labels, cfg=cfg, rng=rng)
+        out, ob, ol, _ = augment(img, boxes, labels, cfg=cfg, rng=rng)
         assert out.shape == (*out_hw, 3) and out.dtype == np.uint8
         assert ob.dtype == np.float32 and ol.dtype == np.int64 and len(ob) == len(ol)
         assert (ob[:, 0] >= 0).all() and (ob[:, 2] <= out_hw[1]).all() and (ob[:, 3] <= out_hw[0]).all()
@@ -338,8 +338,9 @@ def test_augment_flip_and_scale_exact():
     boxes = np.array([[8, 16, 24, 48]], np.float32)
     cfg = AugmentConfig(output_size=(64, 64), scale_range=(1.0, 1.0), scale_reference="pixels", crop_border=0,
                         flip_prob=1.0, min_box_size=0, **NO_COLOR)
-    for seed in range(5):
-        out, ob, _ = augment(img, boxes, np.zeros(1, np.int64), cfg=cfg, rng=np.random.default_rng(seed))
+    seen_cut = set()
+    for seed in range(40):
+        out, ob, _, cut = augment(img, boxes, np.zeros(1, np.int64), cfg=cfg, rng=np.random.default_rng(seed))
         # rebuild the same random draws: scale, cx, cy, flip
         r = np.random.default_rng(seed)
         r.uniform(1.0, 1.0)
@@ -350,13 +351,18 @@ def test_augment_flip_and_scale_exact():
         ref = np.clip([x1, y1, x2, y2], 0, 64)
         if len(ob):
             np.testing.assert_allclose(ob[0], ref, atol=1e-4)
+            # the crop edge cut the box (flipped: x1 came from the right side) by more than the tolerance
+            expect = (x1 < -1 or y1 < -1, x2 > 65 or y2 > 65)
+            assert tuple(cut[0]) == expect and cut.dtype == bool
+            seen_cut.add(expect)
+    assert {(False, False), (True, False), (False, True)} <= seen_cut
 
 
 def test_augment_empty_boxes_and_config_validation():
     img = np.zeros((50, 70, 3), np.uint8)
-    out, ob, ol = augment(img, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), cfg=AugmentConfig(
+    out, ob, ol, cut = augment(img, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), cfg=AugmentConfig(
         output_size=(64, 96)), rng=np.random.default_rng(1))
-    assert out.shape == (64, 96, 3) and ob.shape == (0, 4) and ol.shape == (0,)
+    assert out.shape == (64, 96, 3) and ob.shape == (0, 4) and ol.shape == (0,) and cut.shape == (0, 2)
     for kwargs, needle in [
         (dict(output_size=(0, 64)), "output_size"),
         (dict(scale_range=(1.2, 0.5)), "(1.2, 0.5)"),

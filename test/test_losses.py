@@ -271,6 +271,29 @@ def test_centernet_loss_combines_terms():
     assert terms["total"].item() == pytest.approx(total.item())
 
 
+def test_corner_ignore_maps_act_on_their_head_only():
+    """``tl_ignore`` / ``br_ignore`` (cut corners) or-ed with the common ``ignore``, each on its own head."""
+    gen = torch.Generator().manual_seed(5)
+    outputs, targets = random_case(gen)
+    b, _, h, w = targets["tl_heat"].shape
+    common = torch.zeros(b, h, w, dtype=torch.bool)
+    common[:, 0, :] = True
+    tl_ign = torch.zeros(b, h, w, dtype=torch.bool)
+    tl_ign[:, 1:3, 1:3] = True
+    br_ign = torch.zeros(b, h, w, dtype=torch.bool)
+    br_ign[:, -2:, -2:] = True
+    cfg = LossConfig(pull_weight=0.0, push_weight=0.0, regr_weight=0.0)
+    _, terms = CenterNetLoss(cfg)(outputs, {**targets, "ignore": common, "tl_ignore": tl_ign, "br_ignore": br_ign})
+    expect = sum(focal_loss(outputs[f"{k}_heat"], targets[f"{k}_heat"], ignore=ign).item()
+                 for k, ign in (("tl", common | tl_ign), ("br", common | br_ign), ("ct", common)))
+    assert terms["focal"].item() == pytest.approx(expect, rel=1e-6)
+    _, only_own = CenterNetLoss(cfg)(outputs, {**targets, "tl_ignore": tl_ign})
+    expect = sum(focal_loss(outputs[f"{k}_heat"], targets[f"{k}_heat"], ignore=ign).item()
+                 for k, ign in (("tl", tl_ign), ("br", None), ("ct", None)))
+    assert only_own["focal"].item() == pytest.approx(expect, rel=1e-6)
+    assert only_own["focal"].item() != pytest.approx(CenterNetLoss(cfg)(outputs, targets)[1]["focal"].item())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_zero_objects_finite_and_grad(device):
     gen = torch.Generator().manual_seed(1)

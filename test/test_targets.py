@@ -43,14 +43,19 @@ def reference_ignore(ignore_boxes, out_h, out_w, stride=4):
     return out
 
 
-def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_objects=128, ignore_boxes=None):
-    """Straightforward per-object, per-pixel construction in float64 numpy."""
+def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_objects=128, ignore_boxes=None,
+                      cut=None):
+    """Straightforward per-object, per-pixel construction in float64 numpy; ``cut`` (N, 2) bool: the
+    top-left / bottom-right corner is left out of its heatmap and its window is ignored on that head."""
     heats = {k: np.zeros((num_classes, out_h, out_w)) for k in ("tl", "br", "ct")}
+    corner_ignore = {k: np.zeros((out_h, out_w), dtype=bool) for k in ("tl", "br")}
+    cut = np.zeros((len(np.asarray(labels)), 2), bool) if cut is None else np.asarray(cut, bool).reshape(-1, 2)
     inds = {k: np.zeros(max_objects, dtype=np.int64) for k in ("tl", "br", "ct")}
     regr = {k: np.zeros((max_objects, 2)) for k in ("tl", "br", "ct")}
     mask = np.zeros(max_objects, dtype=bool)
     n = 0
-    for (x1, y1, x2, y2), c in zip(np.asarray(boxes, dtype=np.float64).tolist(), np.asarray(labels).tolist()):
+    for (x1, y1, x2, y2), c, obj_cut in zip(np.asarray(boxes, dtype=np.float64).tolist(), np.asarray(labels).tolist(),
+                                            cut.tolist()):
         x1, x2 = (min(max(v, 0.0), out_w * stride) for v in (x1, x2))
         y1, y2 = (min(max(v, 0.0), out_h * stride) for v in (y1, y2))
         if not (x2 > x1 and y2 > y1) or n >= max_objects:
@@ -64,9 +69,13 @@ def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_ob
             px, py = px / stride, py / stride
             cx = min(math.floor(px), out_w - 1)
             cy = min(math.floor(py), out_h - 1)
+            skipped = k != "ct" and obj_cut[("tl", "br").index(k)]
             for y in range(out_h):
                 for x in range(out_w):
                     if abs(x - cx) <= r and abs(y - cy) <= r:
+                        if skipped:
+                            corner_ignore[k][y, x] = True
+                            continue
                         v = math.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma * sigma))
                         heats[k][c, y, x] = max(heats[k][c, y, x], v)
             inds[k][n] = cy * out_w + cx
@@ -78,6 +87,7 @@ def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_ob
         out[f"{k}_heat"], out[f"{k}_inds"], out[f"{k}_regr"] = heats[k], inds[k], regr[k]
     out["mask"] = mask
     out["ignore"] = reference_ignore(ignore_boxes, out_h, out_w, stride)
+    out["tl_ignore"], out["br_ignore"] = corner_ignore["tl"], corner_ignore["br"]
     return out
 
 
@@ -307,6 +317,7 @@ def test_invalid_inputs():
         ({"num_classes": 2, "min_radius": -2}, "-2"),
         ({"num_classes": 2.5}, "2.5"),
         ({"num_classes": 2, "radius_variant": "wide"}, "wide"),
+        ({"num_classes": 2, "cut_corners": "drop"}, "drop"),
     ],
 )
 def test_target_config_validation(kwargs, needle):
@@ -336,3 +347,30 @@ def test_ignore_regions_match_bruteforce(device):
     np.testing.assert_array_equal(got["ignore"].numpy(), expect)
     empty = build_image_targets(np.zeros((0, 4)), np.zeros(0), output_size=(4, 4), cfg=cfg)
     assert empty["ignore"].shape == (4, 4) and not empty["ignore"].any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cut_corners_match_bruteforce(device):
+    """cut_corners="ignore": a corner the crop made gets no Gaussian and its window is ignored on that corner
+    head only; its index / offset / mask, the centre and the other corner stay. "positive" ignores the flags."""
+    rng = np.random.default_rng(11)
+    for trial in range(20):
+        n = int(rng.integers(0, 5))
+        boxes = random_boxes(rng, n, 64)
+        labels = rng.integers(0, 3, n)
+        cut = rng.random((n, 2)) < 0.5
+        args = dict(output_size=(16, 16), cut=torch.as_tensor(cut, device=device))
+        got = build_image_targets(torch.as_tensor(boxes, device=device), torch.as_tensor(labels, device=device),
+                                  cfg=TargetConfig(num_classes=3, cut_corners="ignore"), **args)
+        assert_matches_reference(got, reference_targets(boxes, labels, 16, 16, 3, cut=cut))
+        plain = build_image_targets(torch.as_tensor(boxes, device=device), torch.as_tensor(labels, device=device),
+                                    cfg=TargetConfig(num_classes=3), **args)
+        assert_matches_reference(plain, reference_targets(boxes, labels, 16, 16, 3))
+    # one box cut on the left: no tl peak, tl window ignored, br / ct peaks as usual
+    got = build_image_targets(np.array([[0, 8, 40, 40]], np.float32), np.array([1]), output_size=(16, 16),
+                              cfg=TargetConfig(num_classes=2, cut_corners="ignore"), cut=np.array([[True, False]]))
+    assert got["tl_heat"].max() == 0 and got["tl_ignore"][2, 0] and not got["br_ignore"].any()
+    assert got["br_heat"][1, 10, 10] == 1 and got["ct_heat"][1, 6, 5] == 1 and got["mask"][0]
+    with pytest.raises(ValueError, match="cut flags"):
+        build_image_targets(np.zeros((2, 4)), np.zeros(2), output_size=(4, 4), cfg=TargetConfig(num_classes=1),
+                            cut=np.zeros((3, 2), bool))

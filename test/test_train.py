@@ -32,6 +32,16 @@ def test_shipped_configs_load():
     tiny = load_config(TINY)
     assert tiny.train.input_size == (128, 128) and tiny.augment.output_size == (128, 128)
     assert tiny.model.head_width == 16 and tiny.targets == {"max_objects": 16}
+    assert cfg.targets["cut_corners"] == "ignore"
+    cpu1 = load_config(REPO / "config" / "train_vehicles_cpu.yaml")
+    cpu2 = load_config(REPO / "config" / "train_vehicles_cpu_stage2.yaml")
+    assert cpu1.targets.get("cut_corners", "positive") == "positive" and cpu2.targets["cut_corners"] == "ignore"
+    assert cpu2.model.init_weights == "runs/vehicles_cpu/best.safetensors"  # stage 1's output
+    assert cpu2.train.eval_size == cpu1.train.eval_size and cpu2.data == cpu1.data
+    cpu3 = load_config(REPO / "config" / "train_vehicles_cpu_stage3.yaml")
+    assert cpu3.train.compile and not cpu2.train.compile and cpu3.targets["cut_corners"] == "ignore"
+    assert cpu3.model.init_weights == "runs/vehicles_cpu_stage2/best.safetensors"
+    assert [s.weight for s in cpu3.data.train_specs()] == [2.0, 1.0]
 
 
 def test_flags_override_yaml():
@@ -150,6 +160,30 @@ def test_tiny_training_resume_and_eval(tmp_path, capsys):
 
 
 @needs_data
+@needs_data
+def test_compile_wraps_the_training_forward_only(tmp_path, monkeypatch):
+    """train.compile: the training forward goes through torch.compile's wrapper; the saved weights (plain
+    model keys) do not. The real compilation takes minutes on a CPU (benchmarks/bench_train.py measures it)."""
+    from centernet_ros.weights import load_model
+
+    calls = []
+
+    def fake_compile(module, *args, **kwargs):
+        calls.append(type(module).__name__)
+
+        def forward(*a, **k):
+            calls.append("forward")
+            return module(*a, **k)
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    out = tmp_path / "run"
+    assert train_cli.main(_tiny_args(out, "--max-iters", "2", "--val-interval", "0", "--set", "train.compile=true")) == 0
+    assert calls == ["CenterNetTriplet", "forward", "forward"], calls
+    model, _ = load_model(out / "last.safetensors")
+    assert not any(k.startswith("_orig_mod") for k in model.state_dict())
+
+
 def test_init_weights_from_torchvision_checkpoint(tmp_path):
     from centernet_ros.backbone import ResNet18
     from centernet_ros.weights import load_model
