@@ -67,7 +67,7 @@ class CocoJsonEvaluator:
         ground_truth: the annotation file, or its ``COCO`` from :func:`load_coco_ground_truth` (shared by
             several evaluators: COCOeval only sets each annotation's ``ignore`` flag, from ``iscrowd``).
         class_names: C model classes; label ``k`` is the ``k``-th category by ascending id (the order of
-            ``data.CocoDataset.category_ids``). Must be as many as the file's categories.
+            ``coco_dataset.CocoDataset.category_ids``). Must be as many as the file's categories.
         max_dets: detections per image that count (COCO: 100).
     """
 
@@ -82,7 +82,7 @@ class CocoJsonEvaluator:
         self.class_names = [str(c) for c in class_names]
         self.max_dets = int(max_dets)
         self.gt_path: Path | None = getattr(self.gt, "source_path", None)  # the annotation file
-        self._image_key = {int(i): i for i in self.gt.imgs}  # int id (data.CocoDataset) -> the file's id
+        self._image_key = {int(i): i for i in self.gt.imgs}  # int id (coco_dataset.CocoDataset) -> the file's id
         self._added: list = []  # the file's image ids, in the order added
         self._seen: set = set()
         self._results: list[dict] = []
@@ -94,7 +94,7 @@ class CocoJsonEvaluator:
         """Detections ``Tensor[D, 4]`` (x1, y1, x2, y2), ``Tensor[D]`` scores and labels of image ``image_id``.
 
         ``image_size``: ``(H, W)`` of the decoded image the boxes are in; where the file declares another
-        ``width``/``height`` (``data.CocoDataset(rescale_mismatched=True)``) the boxes are scaled to it.
+        ``width``/``height`` (``coco_dataset.CocoDataset(rescale_mismatched=True)``) the boxes are scaled to it.
         Raises ``ValueError`` for an image id not in the file or added twice.
         """
         key = self._image_key.get(int(image_id))
@@ -115,7 +115,7 @@ class CocoJsonEvaluator:
         self._results += result_rows(key, boxes, scores, [self.category_ids[k] for k in labels])
 
     def add_sample(self, sample, det_boxes, det_scores, det_labels) -> None:
-        """Detections of a ``data.Sample`` (its ``image_id`` and decoded size)."""
+        """Detections of a ``datasets.Sample`` (its ``image_id`` and decoded size)."""
         self.add(sample.image_id, det_boxes, det_scores, det_labels, image_size=sample.image.shape[:2])
 
     def results(self) -> list[dict]:

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from .coco_eval import CocoJsonEvaluator, load_coco_ground_truth
-from .data import CocoDataset, DetectionDataset, Sample, collate_samples, worker_init_fn
+from .coco_dataset import CocoDataset
+from .data import collate_samples, worker_init_fn
+from .datasets import DetectionDataset, Sample
 from .decode import DecodeConfig, decode
 from .evaluation import DetectionEvaluator, EvalResult
 from .mixing import ClassMappedDataset, FirstImages

@@ -43,7 +43,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .data import CocoDataset, DetectionDataset, YoloDataset
+from .coco_dataset import CocoDataset
+from .datasets import DetectionDataset, YoloDataset
 from .decode import MODES, NMS_CHOICES, DecodeConfig
 from .detector import resolve_device
 from .eval_loop import (

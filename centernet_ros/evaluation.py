@@ -232,7 +232,7 @@ class DetectionEvaluator:
         self._info.append(dict(image_info or {}))
 
     def add_sample(self, sample, det_boxes, det_scores, det_labels) -> None:
-        """Add a ``data.Sample`` (its boxes, labels, ignore regions, file and size) with its detections."""
+        """Add a ``datasets.Sample`` (its boxes, labels, ignore regions, file and size) with its detections."""
         h, w = sample.image.shape[:2]
         self.add(sample.boxes, sample.labels, det_boxes, det_scores, det_labels, gt_ignore=sample.ignore,
                  image_info={"file_name": str(sample.path), "width": int(w), "height": int(h)})

@@ -1,10 +1,10 @@
 """Image size from the file header, without decoding: JPEG, PNG, BMP, WebP, TIFF.
 
-Used to check a dataset's annotation sizes against its image files (``data.CocoDataset``): a header is a
+Used to check a dataset's annotation sizes against its image files (``coco_dataset.CocoDataset``): a header is a
 few dozen bytes (JPEG: the marker segments before the frame header are skipped by their lengths, not read),
 so checking 5,000 files costs milliseconds per hundred, where decoding them costs seconds.
 
-The size is the *stored* one (the frame header's), which is what ``data.read_image`` returns: an EXIF
+The size is the *stored* one (the frame header's), which is what ``datasets.read_image`` returns: an EXIF
 Orientation tag is not applied there either. Formats not listed give ``None`` (the caller decodes).
 
 ``centernet_ros.ros.image_decode`` has stricter parsers for in-memory ``CompressedImage`` payloads (PNG

@@ -4,10 +4,10 @@ Letters: N objects of one image, K ignore regions of one image, S datasets.
 
 * :class:`DatasetSpec` names one dataset (YOLO txt or COCO JSON, path, split, sampling weight) and its
   *class map*: source class name -> model class name, or ``None``. A source class mapped to ``None`` is not
-  background: its boxes become ignore regions (:class:`data.Sample` ``ignore``), the mechanism COCO
+  background: its boxes become ignore regions (:class:`datasets.Sample` ``ignore``), the mechanism COCO
   ``iscrowd`` regions use (no heatmap loss inside them in training; matched-and-ignored by pycocotools in
   evaluation).
-* :class:`ClassMappedDataset` applies a class map to any :class:`data.DetectionDataset`.
+* :class:`ClassMappedDataset` applies a class map to any :class:`datasets.DetectionDataset`.
 * :class:`MixedDataset` concatenates datasets; :class:`EpochSampler` draws each epoch's order from
   ``(seed, epoch)`` alone, each dataset in proportion to its weight, and gives every draw its own
   augmentation seed. Order and augmentation therefore do not depend on worker count or on where a run
@@ -22,7 +22,8 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .data import CocoDataset, DatasetError, DetectionDataset, Sample, YoloDataset
+from .coco_dataset import CocoDataset
+from .datasets import DatasetError, DetectionDataset, Sample, YoloDataset
 
 __all__ = [
     "DatasetSpec",
@@ -182,7 +183,7 @@ class FirstImages(DetectionDataset):
 def load_spec_dataset(spec: DatasetSpec, class_names: Sequence[str] | None = None) -> DetectionDataset:
     """Open the dataset a spec names; with ``class_names`` (the model's) apply the spec's class map.
 
-    ``spec.limit_images`` keeps the first images only. Raises :class:`data.DatasetError` / ``ValueError``
+    ``spec.limit_images`` keeps the first images only. Raises :class:`datasets.DatasetError` / ``ValueError``
     naming the file or the class.
     """
     if spec.format == "yolo":

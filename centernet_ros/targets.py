@@ -238,7 +238,7 @@ def build_image_targets(
         cfg: target options.
         ignore_boxes: ``Tensor[K, 4]`` ignore regions in network-input pixels (see :func:`ignore_map`).
         cut: ``Tensor[N, 2]`` bool or None: whether the training crop cut the box at its top-left corner
-            (left or top side) and at its bottom-right corner (``data.augment``). With
+            (left or top side) and at its bottom-right corner (``augment.augment``). With
             ``cfg.cut_corners == "ignore"`` such a corner gets no Gaussian and its window goes into
             ``tl_ignore`` / ``br_ignore``; its embedding and offset targets stay (the box is still there).
     Returns:

@@ -1,7 +1,7 @@
 """Configuration of ``centernet-train``: one dataclass per YAML section, loading, overrides, LR schedule.
 
 The YAML file has the sections ``data`` (:class:`DataConfig`), ``model`` (:class:`ModelOptions`), ``train``
-(:class:`OptimConfig`), ``augment`` (:class:`data.AugmentConfig`), ``targets`` (:class:`targets.TargetConfig`
+(:class:`OptimConfig`), ``augment`` (:class:`augment.AugmentConfig`), ``targets`` (:class:`targets.TargetConfig`
 without ``num_classes``), ``loss`` (:class:`losses.LossConfig`) and ``decode`` (:class:`decode.DecodeConfig`,
 used for validation); every key is optional and an unknown key is an error that names it.
 """
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .data import AugmentConfig
+from .augment import AugmentConfig
 from .decode import DecodeConfig
 from .losses import LossConfig
 from .mixing import DatasetSpec

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .data import CenterNetDataset, DetectionDataset
+from .data import CenterNetDataset
+from .datasets import DetectionDataset
 from .evaluate import predict_and_evaluate, resolve_device
 from .mixing import EpochSampler, MixedDataset, load_spec_dataset
 from .train_config import TrainConfig
@@ -80,7 +81,7 @@ def build_data(cfg: TrainConfig, *, target_cfg_factory, dist: Dist) -> TrainData
     """Open the datasets of ``cfg.data`` with their class maps and build the resumable sampler.
 
     ``target_cfg_factory(num_classes)`` returns the ``targets.TargetConfig``. Raises ``ValueError`` /
-    ``data.DatasetError`` naming the dataset, file or class that is wrong.
+    ``datasets.DatasetError`` naming the dataset, file or class that is wrong.
     """
     import cv2
 

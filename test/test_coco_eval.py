@@ -22,7 +22,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from centernet_ros.data import CocoDataset
+from centernet_ros.coco_dataset import CocoDataset
 from centernet_ros.evaluate import evaluate_predictions, write_detections
 from centernet_ros.coco_eval import CocoJsonEvaluator
 from centernet_ros.evaluation import FD_IOU_THRESHOLDS, DetectionEvaluator

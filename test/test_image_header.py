@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from centernet_ros.data import read_image
+from centernet_ros.datasets import read_image
 from centernet_ros.image_header import ImageHeaderError, read_image_size
 from imaging import with_exif_orientation
 

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from centernet_ros.data import AugmentConfig, CenterNetDataset, CocoDataset, DetectionDataset, Sample
+from centernet_ros.augment import AugmentConfig
+from centernet_ros.coco_dataset import CocoDataset
+from centernet_ros.data import CenterNetDataset
+from centernet_ros.datasets import DetectionDataset, Sample
 from centernet_ros.mixing import (ClassMappedDataset, DatasetSpec, EpochSampler, MixedDataset, load_spec_dataset,
                                   resolve_class_map)
 from centernet_ros.targets import TargetConfig
