@@ -10,9 +10,8 @@ import pytest
 import torch
 
 import centernet_ros.decode as decode_module
-from centernet_ros.decode import (
-    DecodeConfig, Detections, _max_filter, _peak_topk, _peak_topk_numpy, _peak_values, decode,
-)
+import centernet_ros.keypoints as keypoints_module
+from centernet_ros.decode import DecodeConfig, Detections, decode
 from centernet_ros.preprocess import letterbox_params
 from centernet_ros.reference_decode import reference_decode
 
@@ -418,59 +417,14 @@ def test_channels_last_inputs(device):
     assert all(torch.equal(a, b) for a, b in zip(ref, got))
 
 
-@pytest.mark.parametrize("kernel", [1, 3, 5])
-def test_separable_max_filter_equals_max_pool(kernel):
-    g = torch.Generator().manual_seed(10)
-    x = torch.randn(2, 3, 9, 7, generator=g)
-    x[0, 0, 2:5, 2:5] = 1.5  # plateau
-    pooled = torch.nn.functional.max_pool2d(x, kernel, stride=1, padding=(kernel - 1) // 2)
-    assert torch.equal(_max_filter(x, kernel, separable=True), pooled)
-    assert torch.equal(_max_filter(x, kernel, separable=False), pooled)
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 1, 6), (1, 2, 6, 1), (2, 1, 2, 2), (1, 3, 4, 130), (2, 3, 2, 3), (1, 2, 5, 2)])
-@pytest.mark.parametrize("kernel", [3, 5, 7])
-def test_separable_max_filter_small_maps(shape, kernel):
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(11))
-    pooled = torch.nn.functional.max_pool2d(x, kernel, stride=1, padding=(kernel - 1) // 2)
-    assert torch.equal(_max_filter(x, kernel, separable=True), pooled)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_peak_values_and_topk_match_a_stable_sort(device):
-    g = torch.Generator().manual_seed(12)
-    prob = torch.sigmoid((torch.randn(3, 4, 16, 20, generator=g) * 2).round())  # plateaus and ties
-    prob[1] = 0.0  # a map without any positive peak: only fillers
-    hmax = torch.nn.functional.max_pool2d(prob, 3, stride=1, padding=1)
-    is_peak = hmax == prob
-    pv = _peak_values(prob.clone().to(device), 3).cpu()
-    assert torch.equal(pv[is_peak], prob[is_peak]) and bool((pv[~is_peak] <= 0).all())
-    for k in (1, 7, 70, 4 * 16 * 20):
-        scores, inds = (t.cpu() for t in _peak_topk(pv.to(device), k))
-        if device == "cpu":  # the numpy selection of the CPU path: the same peaks in the same order
-            s_np, i_np = _peak_topk_numpy(pv, k)
-            m = (scores > 0).sum(1, keepdim=True)
-            real = torch.arange(k) < m  # (3, k) the positive peaks; fillers may differ
-            assert torch.equal(torch.from_numpy(s_np), scores)
-            assert torch.equal(torch.from_numpy(i_np)[real], inds[real])
-        assert scores.shape == inds.shape == (3, k)
-        for n in range(3):
-            flat = torch.where(is_peak[n], prob[n], -1.0).flatten()
-            order = torch.sort(flat, descending=True, stable=True).indices[:k]  # score desc, index asc
-            m = int((flat[order] > 0).sum())  # positive peaks; the rest are fillers
-            assert torch.equal(inds[n, :m], order[:m]) and torch.equal(scores[n, :m], flat[order[:m]])
-            assert bool((scores[n, m:] == 0).all())
-            assert len(set(inds[n].tolist())) == k  # distinct positions
-
-
 @pytest.mark.parametrize("pass_elems,group_elems", [(1 << 30, 1 << 30), (2000, 900), (1, 1)])
 def test_cpu_chunking_does_not_change_results(monkeypatch, pass_elems, group_elems):
     """One pass over all maps, several images per pass, class groups of one image merged."""
     out = random_outputs(B=3, C=4, H=12, W=16, seed=13)
     out["ct_heat"][1, :, 3:6, 4:8] = 25.0  # saturated plateau: many peaks with score exactly 1
     expect = decode(out, DecodeConfig(topk=30))
-    monkeypatch.setattr(decode_module, "_CPU_PASS_ELEMS", pass_elems)
-    monkeypatch.setattr(decode_module, "_CPU_GROUP_ELEMS", group_elems)
+    monkeypatch.setattr(keypoints_module, "_CPU_PASS_ELEMS", pass_elems)
+    monkeypatch.setattr(keypoints_module, "_CPU_GROUP_ELEMS", group_elems)
     got = decode(out, DecodeConfig(topk=30))
     assert all(torch.equal(a, b) for a, b in zip(expect, got))
     tensor_path = decode(out, DecodeConfig(topk=30, host_sync=False))  # torch selection and merging
