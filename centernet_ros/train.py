@@ -13,8 +13,9 @@ Usage::
 Configuration: :mod:`centernet_ros.train_config` (YAML sections ``data``, ``model``, ``train``, ``augment``,
 ``targets``, ``loss``, ``decode``; unknown keys are errors). ``data.train`` lists datasets (YOLO or COCO, a
 sampling weight and a class map each; classes mapped to null become ignore regions), ``data.val`` the
-datasets validated one by one. Command-line flags override the file: the named flags below, or any key
-with ``--set section.key=value`` (value parsed as YAML).
+datasets validated one by one. A top-level ``base: other.yaml`` makes a file a list of changes to another
+config (key by key; the stage configs of the bundled model are built so). Command-line flags override the
+file: the named flags below, or any key with ``--set section.key=value`` (value parsed as YAML).
 
 Recipe: Adam, linear LR warm-up then cosine decay (or steps), mixed precision (CUDA autocast; bf16 autocast
 on CPUs with bf16 support), gradient-norm clipping, an exponential moving average of the weights

@@ -320,19 +320,48 @@ def _set_nested(d: dict, dotted: str, value: Any) -> None:
     section[parts[1]] = value
 
 
+def _read_config_file(p: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """Parse one YAML config, resolving its ``base:`` chain (a file name relative to ``p``'s folder).
+
+    The file's sections are merged into its base's one key at a time (a key given here replaces the
+    base's value whole: a list such as ``data.train`` is replaced, not extended); a section that is
+    not a mapping replaces the base's section. Raises ``ValueError`` naming the file on a missing or
+    unparsable file, a non-mapping top level, a bad ``base`` value or a cycle of bases.
+    """
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ValueError(f"config file '{p}' not found") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cannot parse config file '{p}': {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file '{p}' must hold a mapping of sections, got {type(raw).__name__}")
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(f"config file '{p}': 'base' must be a config file name, got {base!r}")
+    base_path = p.parent / base
+    here = p.resolve()
+    if base_path.resolve() in (*chain, here):
+        names = " -> ".join(str(c) for c in (*chain, here, base_path.resolve()))
+        raise ValueError(f"config file '{p}': 'base: {base}' makes a cycle ({names})")
+    merged = _read_config_file(base_path, (*chain, here))
+    for name, section in raw.items():
+        if isinstance(section, dict) and isinstance(merged.get(name), dict):
+            merged[name] = {**merged[name], **section}
+        else:
+            merged[name] = section
+    return merged
+
+
 def load_config(path: str | Path | None, overrides: Sequence[tuple[str, Any]] = ()) -> TrainConfig:
-    """Read a YAML config (or defaults when ``path`` is None) and apply ``(section.key, value)`` overrides."""
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ValueError(f"config file '{p}' not found") from None
-        except yaml.YAMLError as exc:
-            raise ValueError(f"cannot parse config file '{p}': {exc}") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"config file '{p}' must hold a mapping of sections, got {type(raw).__name__}")
+    """Read a YAML config (or defaults when ``path`` is None) and apply ``(section.key, value)`` overrides.
+
+    A top-level ``base: other.yaml`` (relative to the file's folder) makes the file a set of changes to
+    that config (chains allowed); see :func:`_read_config_file` for the merge rule.
+    """
+    raw: dict = _read_config_file(Path(path)) if path is not None else {}
     for key, value in overrides:
         _set_nested(raw, key, value)
     return config_from_dict(raw)

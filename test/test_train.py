@@ -42,6 +42,43 @@ def test_shipped_configs_load():
     assert cpu3.train.compile and not cpu2.train.compile and cpu3.targets["cut_corners"] == "ignore"
     assert cpu3.model.init_weights == "runs/vehicles_cpu_stage2/best.safetensors"
     assert [s.weight for s in cpu3.data.train_specs()] == [2.0, 1.0]
+    cpu4 = load_config(REPO / "config" / "train_vehicles_cpu_stage4.yaml")
+    assert cpu4.model.init_weights == "runs/vehicles_cpu_stage3/best.safetensors" and cpu4.train.compile
+    assert cpu4.data == cpu3.data and cpu4.train.lr == 3.0e-4 and cpu4.train.epochs == 30
+
+
+def test_config_base_chain(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text(
+        "data:\n  train: [{path: d1, weight: 1.0}, {path: d2}]\n  epoch_size: 64\n"
+        "train:\n  lr: 0.01\n  epochs: 3\naugment:\n  flip_prob: 0.25\n"
+    )
+    (tmp_path / "sub" / "b.yaml").write_text(  # base is relative to the file's own folder
+        "base: ../a.yaml\ntrain:\n  lr: 0.02\ndata:\n  train: [{path: d3}]\n"
+    )
+    (tmp_path / "c.yaml").write_text("base: sub/b.yaml\ntrain:\n  epochs: 9\ntargets:\n  max_objects: 8\n")
+    cfg = load_config(tmp_path / "c.yaml", [("train.batch_size", 4)])
+    assert cfg.train.lr == 0.02 and cfg.train.epochs == 9 and cfg.train.batch_size == 4  # key by key
+    assert [s.path for s in cfg.data.train_specs()] == ["d3"]  # a list is replaced whole, not extended
+    assert cfg.data.epoch_size == 64 and cfg.augment.flip_prob == 0.25  # untouched keys come from the bases
+    assert cfg.targets == {"max_objects": 8}
+
+
+@pytest.mark.parametrize(
+    "files, needle",
+    [
+        ({"x.yaml": "base: x.yaml\n"}, "makes a cycle"),
+        ({"x.yaml": "base: y.yaml\n", "y.yaml": "base: x.yaml\n"}, "'base: x.yaml' makes a cycle"),
+        ({"x.yaml": "base: missing.yaml\n"}, "missing.yaml' not found"),
+        ({"x.yaml": "base: [a.yaml]\n"}, "'base' must be a config file name, got \\['a.yaml'\\]"),
+        ({"x.yaml": "base: y.yaml\n", "y.yaml": "- 1\n"}, "y.yaml' must hold a mapping"),
+    ],
+)
+def test_config_base_errors(tmp_path, files, needle):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=needle):
+        load_config(tmp_path / "x.yaml")
 
 
 def test_flags_override_yaml():
