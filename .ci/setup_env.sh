@@ -120,6 +120,34 @@ fi
 SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 
 # --- 3. Python packages -----------------------------------------------------------------------
+# pip check, except that the ros2 tools' wheels name ROS packages as ROS does (ament_index_python) while
+# the PyPI wheels of those are called ros-<name> (ros-ament-index-python): such a requirement is met when
+# ros-<name> is installed. Used after step 3 too: a venv that already holds the ros2 tools (a re-run after
+# .ci/requirements.txt changed) would otherwise fail there.
+pip_check() {
+  "$VPY" -m pip check > "$VENV/pip-check.log" 2>&1 || true
+  "$VPY" - "$VENV/pip-check.log" <<'PYEOF'
+import re
+import sys
+from importlib import metadata
+
+bad = []
+for line in open(sys.argv[1], encoding="utf-8"):
+    line = line.strip()
+    m = re.match(r"(\S+) \S+ requires ([\w.-]+), which is not installed\.$", line)
+    if m:
+        try:
+            metadata.version("ros-" + m.group(2).replace("_", "-"))
+            continue
+        except metadata.PackageNotFoundError:
+            pass
+    if line and line != "No broken requirements found.":
+        bad.append(line)
+if bad:
+    sys.exit("[setup] ERROR: pip check:\n  " + "\n  ".join(bad))
+PYEOF
+}
+
 PIP_HASH="$(hash_inputs "$ROOT/.ci/requirements.txt" "$ROOT/.ci/constraints.txt")-$("$VPY" -c 'import platform; print(platform.python_version())')"
 if stamp_ok pip "$PIP_HASH"; then
   log "3/7 pip packages: up to date"
@@ -127,7 +155,7 @@ else
   log "3/7 pip packages: torch (CPU), numpy, opencv, ..., ROS 2 Kilted wheels, rosidl toolchain"
   run_logged "$VENV/pip-install.log" "$VPY" -m pip install --progress-bar off \
     -r "$ROOT/.ci/requirements.txt" -c "$ROOT/.ci/constraints.txt"
-  run_logged "$VENV/pip-check.log" "$VPY" -m pip check
+  pip_check || die "pip check failed (full log: $VENV/pip-check.log)"
   # Every locked distribution must be installed at exactly the locked version (torch included:
   # the CPU build 2.13.0+cpu satisfies the pin 2.13.0).
   "$VPY" - "$ROOT/.ci/constraints.txt" <<'PYEOF'
@@ -243,30 +271,7 @@ else
     ((${#tool_wheels[@]})) || die "no wheels in $ROS2_TOOLS/wheels"
     run_logged "$VENV/pip-install-ros2-tools.log" "$VPY" -m pip install --progress-bar off --no-deps \
       "${tool_wheels[@]}" -r "$ROOT/.ci/requirements-ros2-tools.txt"
-    # pip check, except that the wheels name ROS packages as ROS does (ament_index_python) while the
-    # PyPI wheels of those are called ros-<name> (ros-ament-index-python): such a requirement is met
-    # when ros-<name> is installed.
-    "$VPY" -m pip check > "$VENV/pip-check.log" 2>&1 || true
-    "$VPY" - "$VENV/pip-check.log" <<'PYEOF' || die "pip check failed after installing the ros2 tools"
-import re
-import sys
-from importlib import metadata
-
-bad = []
-for line in open(sys.argv[1], encoding="utf-8"):
-    line = line.strip()
-    m = re.match(r"(\S+) \S+ requires ([\w.-]+), which is not installed\.$", line)
-    if m:
-        try:
-            metadata.version("ros-" + m.group(2).replace("_", "-"))
-            continue
-        except metadata.PackageNotFoundError:
-            pass
-    if line and line != "No broken requirements found.":
-        bad.append(line)
-if bad:
-    sys.exit("[setup] ERROR: pip check:\n  " + "\n  ".join(bad))
-PYEOF
+    pip_check || die "pip check failed after installing the ros2 tools"
     build_interfaces composition_interfaces "$ROS2_TOOLS/src/composition_interfaces" composition_interfaces \
       'from composition_interfaces.srv import LoadNode; LoadNode.Request(); import launch_ros.actions' \
       srv/LoadNode.json srv/ListNodes.json srv/UnloadNode.json
