@@ -45,6 +45,8 @@ def test_shipped_configs_load():
     cpu4 = load_config(REPO / "config" / "train_vehicles_cpu_stage4.yaml")
     assert cpu4.model.init_weights == "runs/vehicles_cpu_stage3/best.safetensors" and cpu4.train.compile
     assert cpu4.data == cpu3.data and cpu4.train.lr == 3.0e-4 and cpu4.train.epochs == 30
+    cpu5 = load_config(REPO / "config" / "train_vehicles_cpu_stage5.yaml")
+    assert cpu5.model.init_weights == "runs/vehicles_cpu_stage4/best.safetensors" and cpu5.train.ema_decay == 0.999
 
 
 def test_config_base_chain(tmp_path):
