@@ -9,6 +9,10 @@ processes the tests start):
 - ``ROS_DOMAIN_ID`` in 1..100 derived from the pytest process id, so concurrent test runs on
   one machine (and a ROS system running beside them) do not see each other's topics.
   ``CENTERNET_TEST_ROS_DOMAIN_ID`` overrides the choice.
+- SIGINT not ignored: a run started in the background by a non-interactive shell (``bash .ci/run &``)
+  inherits SIGINT ignored, and so would every process the tests start (an ignored signal stays
+  ignored across exec): ``ros2 launch`` would then never see the tests' Ctrl-C. Python's default
+  handler is installed instead (a handler, unlike an ignore, is reset to the default on exec).
 
 Fixtures for ROS tests (each skips the test with the reason when rclpy cannot be imported, so
 the ROS-free core tests run anywhere):
@@ -23,6 +27,7 @@ the ROS-free core tests run anywhere):
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -44,6 +49,8 @@ os.environ["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(ROS_DOMAIN_ID)
 os.environ.pop("ROS_STATIC_PEERS", None)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 if os.environ.get("ROS_DISTRO") == "humble":
     # Humble predates ROS_AUTOMATIC_DISCOVERY_RANGE; its way to stay on this machine
     os.environ["ROS_LOCALHOST_ONLY"] = "1"
