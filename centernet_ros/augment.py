@@ -68,6 +68,10 @@ class AugmentConfig:
     lighting_std: float = 0.1  # std of the AlexNet PCA lighting coefficients (0 disables)
     min_box_size: float = 2.0  # objects narrower or shorter than this (output pixels, after clipping) are dropped
     pad_value: tuple[int, int, int] = (0, 0, 0)  # RGB of the area outside the image
+    # Boxes that touch the source image's own edge (within IMAGE_EDGE_TOLERANCE source pixels) count as cut
+    # on that side, like boxes the crop cuts: the photo cut the object, so that corner is the photo's, not
+    # the object's (targets.TargetConfig.cut_corners decides what a cut corner trains). False: CornerNet.
+    image_edge_cuts: bool = False
 
     def __post_init__(self) -> None:
         size = tuple(self.output_size) if isinstance(self.output_size, (list, tuple)) else (self.output_size,) * 2
@@ -101,6 +105,8 @@ class AugmentConfig:
         if len(pad) != 3 or any(not 0 <= int(v) <= 255 for v in pad):
             raise ValueError(f"pad_value must be 3 values in 0..255, got {self.pad_value!r}")
         self.pad_value = tuple(int(v) for v in pad)
+        if not isinstance(self.image_edge_cuts, bool):
+            raise ValueError(f"image_edge_cuts must be a bool, got {self.image_edge_cuts!r}")
 
 
 def _crop_border(border: float, size: float) -> float:
@@ -139,20 +145,35 @@ def _warp_boxes(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 CUT_TOLERANCE = 1.0  # output pixels a box must reach past the crop edge to count as cut there
+IMAGE_EDGE_TOLERANCE = 1.0  # source pixels from the image's edge within which a box side is on the edge
+
+
+def _on_image_edge(boxes: np.ndarray, image_hw: tuple[int, int], flipped: bool) -> np.ndarray:
+    """``(N, 4)`` boxes in source pixels -> bool ``(N, 2)``: the box touches the source image's edge on its
+    left or top side / right or bottom side, in the output's orientation (a flip swaps left and right)."""
+    h, w = image_hw
+    t = IMAGE_EDGE_TOLERANCE
+    left, right = boxes[:, 0] <= t, boxes[:, 2] >= w - t
+    top, bottom = boxes[:, 1] <= t, boxes[:, 3] >= h - t
+    if flipped:
+        left, right = right, left
+    return np.stack([left | top, right | bottom], axis=1)  # (N, 2)
 
 
 def _clip_and_filter(
-    boxes: np.ndarray, labels: np.ndarray, out_hw: tuple[int, int], min_size: float
+    boxes: np.ndarray, labels: np.ndarray, out_hw: tuple[int, int], min_size: float, cut: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clip ``(N, 4)`` boxes to the output, drop those under ``min_size``; also say which were cut.
 
     Returns ``(boxes, labels, cut)`` of the kept boxes, ``cut`` bool ``(N', 2)``: the crop edge cut the box
-    on its left or top side (its top-left corner is the crop's, not the object's) / right or bottom side.
+    on its left or top side (its top-left corner is the crop's, not the object's) / right or bottom side,
+    or ``cut`` (bool ``(N, 2)``, optional) already said so.
     """
     h, w = out_hw
     b = boxes.copy()
     t = CUT_TOLERANCE
-    cut = np.stack([(b[:, 0] < -t) | (b[:, 1] < -t), (b[:, 2] > w + t) | (b[:, 3] > h + t)], axis=1)  # (N, 2)
+    crop_cut = np.stack([(b[:, 0] < -t) | (b[:, 1] < -t), (b[:, 2] > w + t) | (b[:, 3] > h + t)], axis=1)  # (N, 2)
+    cut = crop_cut if cut is None else crop_cut | cut
     b[:, 0::2] = b[:, 0::2].clip(0, w)
     b[:, 1::2] = b[:, 1::2].clip(0, h)
     keep = (b[:, 2] - b[:, 0] >= max(min_size, 1e-6)) & (b[:, 3] - b[:, 1] >= max(min_size, 1e-6))
@@ -228,7 +249,8 @@ def augment(
         cut bool (N', 2))`` with ``(Ho, Wo) = cfg.output_size``; boxes are clipped to the output and objects
         smaller than ``cfg.min_box_size`` are dropped; ``cut`` says whether the crop edge cut a box on its
         left/top (top-left corner) and right/bottom (bottom-right corner) side, more than ``CUT_TOLERANCE``
-        output pixels (``targets.TargetConfig.cut_corners``).
+        output pixels, or (``cfg.image_edge_cuts``) the box touches the source image's edge on that side
+        (``targets.TargetConfig.cut_corners``).
     """
     ih, iw = image.shape[:2]
     oh, ow = cfg.output_size
@@ -242,12 +264,14 @@ def augment(
     cx = rng.uniform(bx, iw - bx)
     cy = rng.uniform(by, ih - by)
     m = np.array([[zoom, 0.0, -(cx - crop_w / 2) * zoom], [0.0, zoom, -(cy - crop_h / 2) * zoom]])
-    if rng.random() < cfg.flip_prob:
+    flipped = rng.random() < cfg.flip_prob
+    if flipped:
         m[0] = [-zoom, 0.0, ow - m[0, 2]]
     out = _warp(image, m, (oh, ow), cfg.pad_value)
     out = _random_color(out, cfg, rng)
-    b, lab, cut = _clip_and_filter(_warp_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), m), labels, (oh, ow),
-                                   cfg.min_box_size)
+    src = np.asarray(boxes, np.float32).reshape(-1, 4)
+    edge = _on_image_edge(src, (ih, iw), flipped) if cfg.image_edge_cuts else None
+    b, lab, cut = _clip_and_filter(_warp_boxes(src, m), labels, (oh, ow), cfg.min_box_size, edge)
     return out, b, np.asarray(lab, dtype=np.int64), cut
 
 

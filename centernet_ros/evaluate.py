@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--topk", type=int, default=DecodeConfig.topk)
     d.add_argument("--ae-threshold", type=float, default=DecodeConfig.ae_threshold)
     d.add_argument("--nms", choices=NMS_CHOICES, default=DecodeConfig.nms)
+    d.add_argument("--exclusive-centres", action=argparse.BooleanOptionalAction, default=DecodeConfig.exclusive_centres,
+                   help="a centre keypoint confirming a better nested box does not confirm the outer one "
+                   "(--no-exclusive-centres: the paper's rule)")
     d.add_argument("--max-per-image", type=int, default=DecodeConfig.max_per_image)
     d.add_argument("--score-threshold", type=float, default=DecodeConfig.score_threshold)
     return p
@@ -254,6 +257,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> EvalConfig:
         topk=a.topk,
         ae_threshold=a.ae_threshold,
         nms=a.nms,
+        exclusive_centres=a.exclusive_centres,
         max_per_image=a.max_per_image,
         score_threshold=a.score_threshold,
     )

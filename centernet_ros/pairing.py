@@ -111,10 +111,25 @@ def _pairs_to_detections_torch(
         )
         rows = labels.clamp_min(0) if B == 1 else labels.clamp_min(0) + torch.arange(B, device=dev).unsqueeze(1) * C
         same = by_class.view(B * C, K).index_select(0, rows.view(-1)).view(B, N, K)  # centre scores of the pair's class
-        best_ct = inside.mul_(same).amax(2)  # (B, N) best centre score inside, 0 if none
+        hit_score = inside.mul_(same)  # (B, N, K) centre score where it confirms the box, else 0
+        best_ct = hit_score.amax(2)  # (B, N) best centre score inside, 0 if none
         found = best_ct > 0
         ok = found if ok is None else ok & found
         score = (ts + bs + best_ct) / 3
+        if cfg.exclusive_centres:
+            # centres that also confirm a better box nested in this one are not this box's
+            x1, y1, x2, y2 = boxes.unbind(2)  # (B, N) each
+            nested = x1.unsqueeze(1) >= x1.unsqueeze(2)  # (B, N, N): row n holds column m
+            nested &= y1.unsqueeze(1) >= y1.unsqueeze(2)
+            nested &= x2.unsqueeze(1) <= x2.unsqueeze(2)
+            nested &= y2.unsqueeze(1) <= y2.unsqueeze(2)
+            nested &= score.unsqueeze(1) > score.unsqueeze(2)
+            nested &= ok.unsqueeze(1)
+            claimed = torch.bmm(nested.float(), (hit_score > 0).float()) > 0  # (B, N, K)
+            best_ct = hit_score.masked_fill_(claimed, 0.0).amax(2)  # (B, N)
+            found = best_ct > 0
+            ok = ok & found
+            score = (ts + bs + best_ct) / 3
 
     if ok is not None:
         score = torch.where(ok, score, -1.0)  # (B, N); -1 = rejected
@@ -144,6 +159,21 @@ def _pairs_to_detections_torch(
         )
         out_boxes, out_scores, out_labels = res.boxes, res.scores, res.labels
     return out_boxes, out_scores, out_labels
+
+
+def _exclusive_centres_numpy(boxes: np.ndarray, score: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """``DecodeConfig.exclusive_centres`` on confirmed boxes ``ndarray[N, 4]``, their triplet scores
+    ``ndarray[N]`` and centre hits ``ndarray[N, K]`` (bool, cleared in place where a better nested
+    box claims the centre).  Returns ``ndarray[N]`` bool: boxes with a centre left."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    nested = x1[None, :] >= x1[:, None]  # (N, N): row n holds column m
+    nested &= y1[None, :] >= y1[:, None]
+    nested &= x2[None, :] <= x2[:, None]
+    nested &= y2[None, :] <= y2[:, None]
+    nested &= score[None, :] > score[:, None]
+    claimed = (nested.astype(np.float32) @ hit.astype(np.float32)) > 0  # (N, K)
+    hit &= ~claimed
+    return hit.any(1)
 
 
 def _pairs_to_detections_numpy(
@@ -213,6 +243,11 @@ def _pairs_to_detections_numpy(
             found = hit[np.arange(len(first)), first]
             best_ct = np.where(found, c_s[b, first], np.float32(0))  # (N,) 0 if none
             score = (ts + bs + best_ct) / np.float32(3)
+            if cfg.exclusive_centres:
+                boxes, ts, bs, score, labels, hit = (a[found] for a in (boxes, ts, bs, score, labels, hit))
+                found = _exclusive_centres_numpy(boxes, score, hit)  # (N',) kept, hit updated in place
+                first = hit.argmax(1)
+                score = (ts + bs + c_s[b, first]) / np.float32(3)
             boxes, score, labels = boxes[found], score[found], labels[found]
         if cfg.nms == "none":
             sel = np.flatnonzero(score > np.float32(cfg.score_threshold))

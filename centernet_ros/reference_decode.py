@@ -110,10 +110,10 @@ def _decode_one(out: dict[str, np.ndarray], cfg: DecodeConfig, b: int):
         ct_s, ct_c, ct_x, ct_y, _ = _keypoints(out["ct_heat"][b], out["ct_regr"][b], K, cfg.kernel)
         ct_x, ct_y = ct_x * stride, ct_y * stride
 
-    boxes, scores, labels = [], [], []
+    cands = []  # (box, score, label, centre mask (K,) or None, corner score sum)
     for ps, _, i, j in pairs:
         box = np.array([tl_x[i], tl_y[i], br_x[j], br_y[j]], dtype=np.float32) * stride
-        score = ps
+        score, m = ps, None
         if cfg.mode == "triplet":
             x1, y1, x2, y2 = box
             n = np.float32(cfg.n_small if (x2 - x1) * (y2 - y1) <= cfg.small_area else cfg.n_large)
@@ -125,11 +125,25 @@ def _decode_one(out: dict[str, np.ndarray], cfg: DecodeConfig, b: int):
             if not m.any():
                 continue
             score = (tl_s[i] + br_s[j] + ct_s[m].max()) / np.float32(3)
+        cands.append((box, score, int(tl_c[i]), m, tl_s[i] + br_s[j]))
+
+    boxes, scores, labels = [], [], []
+    for box, score, label, m, corners in cands:
+        if cfg.mode == "triplet" and cfg.exclusive_centres:
+            # drop the centres that confirm a better-scoring box nested in this one
+            own = m.copy()
+            for box2, score2, _, m2, _ in cands:
+                inner = box2[0] >= box[0] and box2[1] >= box[1] and box2[2] <= box[2] and box2[3] <= box[3]
+                if inner and score2 > score:
+                    own &= ~m2
+            if not own.any():
+                continue
+            score = (corners + ct_s[own].max()) / np.float32(3)
         if score <= cfg.score_threshold:
             continue
         boxes.append(box)
         scores.append(np.float32(score))
-        labels.append(int(tl_c[i]))
+        labels.append(int(label))
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)

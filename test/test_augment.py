@@ -91,6 +91,30 @@ def test_augment_flip_and_scale_exact():
     assert {(False, False), (True, False), (False, True)} <= seen_cut
 
 
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_image_edge_cuts(flip):
+    """Boxes on the photo's own edge count as cut there (in the output's orientation), only when asked;
+    a box 2 px in from the edge does not.  The crop keeps the whole 64x64 image (scale 2 -> 128 px crop)."""
+    img = np.zeros((64, 64, 3), np.uint8)
+    boxes = np.array([[0, 20, 20, 40], [44, 20, 64, 40], [20, 0.5, 40, 20], [20, 44, 40, 63.5], [2, 2, 62, 62]],
+                     np.float32)  # left edge, right edge, top edge, bottom edge, inside
+    labels = np.zeros(len(boxes), np.int64)
+    base = dict(output_size=(128, 128), scale_range=(1.0, 1.0), scale_reference="pixels", crop_border=0,
+                flip_prob=flip, min_box_size=0, **NO_COLOR)
+    for edge_cuts in (False, True):
+        cfg = AugmentConfig(**base, image_edge_cuts=edge_cuts)
+        # a 128 px crop around the 64 px image: no crop cuts; the same draws for both settings
+        out, ob, _, cut = augment(img, boxes, labels, cfg=cfg, rng=np.random.default_rng(3))
+        assert len(ob) == 5
+        if not edge_cuts:
+            assert not cut.any()
+            continue
+        left, right = ((True, False), (False, True)) if flip == 0.0 else ((False, True), (True, False))
+        assert [tuple(c) for c in cut] == [left, right, (True, False), (False, True), (False, False)]
+    with pytest.raises(ValueError, match="image_edge_cuts"):
+        AugmentConfig(image_edge_cuts="yes")
+
+
 def test_augment_empty_boxes_and_config_validation():
     img = np.zeros((50, 70, 3), np.uint8)
     out, ob, ol, cut = augment(img, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), cfg=AugmentConfig(

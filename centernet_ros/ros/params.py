@@ -195,7 +195,7 @@ DECODE = {
     for f in fields(DecodeConfig)
     if f.name not in _DECODE_HIDDEN
 }
-# Node defaults that differ from DecodeConfig's (which are the paper's evaluation settings).
+# Node defaults that differ from DecodeConfig's (the paper's evaluation settings, plus exclusive_centres).
 DECODE_DEFAULTS = {"score_threshold": 0.22}  # = config/detect.yaml (tuned for the bundled model)
 
 _DESCRIPTIONS = {
@@ -233,6 +233,8 @@ _DESCRIPTIONS = {
     "small_area": "box area (input px^2) up to which n_small applies",
     "n_small": "central-region scale n for small boxes",
     "n_large": "central-region scale n for large boxes",
+    "exclusive_centres": "a centre keypoint confirming a better-scoring box nested inside a box does not confirm "
+                         "that box too (removes boxes around queues of cars; false = the paper's rule)",
     "nms_method": "soft | soft_linear | hard | none",
     "nms_sigma": "Gaussian soft-NMS sigma (> 0)",
     "nms_iou": "IoU threshold of hard / linear soft NMS, in [0, 1]",
