@@ -10,6 +10,11 @@ to ``output_size``, a horizontal flip, colour jitter (brightness / contrast / sa
 and PCA lighting noise. The whole geometry is one ``cv2.warpAffine`` and the whole colour change one
 ``cv2.transform`` (the jitter steps are affine maps of RGB, so they compose into one 3x4 matrix).
 
+Mosaic (:func:`mosaic`, Bochkovskiy et al., YOLOv4, 2020, section 3.3; off unless
+``AugmentConfig.mosaic_prob`` > 0): four images, each augmented as above into one cell of a 2x2 grid
+split at a random point, so objects keep the scale ``scale_range`` gives them and a cell edge cuts boxes as
+a crop edge does.
+
 Evaluation preprocessing (:func:`letterbox_sample`) resizes with the same scale and offset as
 ``preprocess.letterbox_params`` so that detections map back to the original image with the shared formula
 ``orig = (input_px - offset) / scale``.
@@ -25,6 +30,7 @@ import numpy as np
 __all__ = [
     "AugmentConfig",
     "augment",
+    "mosaic",
     "letterbox_sample",
     "color_matrix",
     "EIGVAL",
@@ -72,6 +78,9 @@ class AugmentConfig:
     # on that side, like boxes the crop cuts: the photo cut the object, so that corner is the photo's, not
     # the object's (targets.TargetConfig.cut_corners decides what a cut corner trains). False: CornerNet.
     image_edge_cuts: bool = False
+    # Probability that a training image is a 2x2 mosaic of it and three random images of its dataset
+    # (YOLOv4); 0: never (CornerNet). The grid splits at a point uniform in the middle half of each axis.
+    mosaic_prob: float = 0.0
 
     def __post_init__(self) -> None:
         size = tuple(self.output_size) if isinstance(self.output_size, (list, tuple)) else (self.output_size,) * 2
@@ -107,6 +116,8 @@ class AugmentConfig:
         self.pad_value = tuple(int(v) for v in pad)
         if not isinstance(self.image_edge_cuts, bool):
             raise ValueError(f"image_edge_cuts must be a bool, got {self.image_edge_cuts!r}")
+        if isinstance(self.mosaic_prob, bool) or not 0 <= self.mosaic_prob <= 1:
+            raise ValueError(f"mosaic_prob must be in [0, 1], got {self.mosaic_prob!r}")
 
 
 def _crop_border(border: float, size: float) -> float:
@@ -252,8 +263,17 @@ def augment(
         output pixels, or (``cfg.image_edge_cuts``) the box touches the source image's edge on that side
         (``targets.TargetConfig.cut_corners``).
     """
+    return _augment_to(image, boxes, labels, cfg=cfg, rng=rng, out_hw=cfg.output_size)
+
+
+def _augment_to(
+    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, *, cfg: AugmentConfig, rng: np.random.Generator,
+    out_hw: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`augment` into an output of ``out_hw`` (H, W) instead of ``cfg.output_size`` (a mosaic cell);
+    the object scale still follows ``cfg.reference_size`` (or ``cfg.output_size``)."""
     ih, iw = image.shape[:2]
-    oh, ow = cfg.output_size
+    oh, ow = out_hw
     rh, rw = cfg.reference_size or cfg.output_size
     ref = min(rh / ih, rw / iw) if cfg.scale_reference == "letterbox" else 1.0
     s = rng.uniform(*cfg.scale_range)
@@ -273,6 +293,53 @@ def augment(
     edge = _on_image_edge(src, (ih, iw), flipped) if cfg.image_edge_cuts else None
     b, lab, cut = _clip_and_filter(_warp_boxes(src, m), labels, (oh, ow), cfg.min_box_size, edge)
     return out, b, np.asarray(lab, dtype=np.int64), cut
+
+
+def mosaic(
+    images: Sequence[np.ndarray],
+    boxes: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """2x2 mosaic of four training images (YOLOv4, Bochkovskiy et al., 2020, section 3.3).
+
+    The output (``cfg.output_size`` = (Ho, Wo)) is split at ``(yc, xc)``, uniform in the middle half of
+    each axis (whole pixels); image ``k`` fills cell ``k`` (top-left, top-right, bottom-left,
+    bottom-right), augmented by :func:`augment`'s steps into that cell's size (its own scale, crop centre,
+    flip and colour), so objects keep the scale they get without the mosaic.
+
+    Args:
+        images: four ``uint8 (H_k, W_k, 3)`` RGB images; boxes: four ``float32 (N_k, 4)`` x1, y1, x2, y2 in
+            their image's pixels; labels: four ``int64 (N_k,)``.
+    Returns:
+        As :func:`augment`: ``(image uint8 (Ho, Wo, 3), boxes float32 (N', 4) in output pixels,
+        labels int64 (N',), cut bool (N', 2))``; a box cut by a cell edge counts as cut on that side.
+    Raises:
+        ValueError: not exactly four images, boxes and labels.
+    """
+    if not len(images) == len(boxes) == len(labels) == 4:
+        raise ValueError(f"mosaic needs 4 images, boxes and labels, got {len(images)}, {len(boxes)}, {len(labels)}")
+    oh, ow = cfg.output_size
+    yc = min(max(int(round(rng.uniform(0.25, 0.75) * oh)), 1), oh - 1) if oh > 1 else oh
+    xc = min(max(int(round(rng.uniform(0.25, 0.75) * ow)), 1), ow - 1) if ow > 1 else ow
+    cells = [(0, 0, yc, xc), (0, xc, yc, ow), (yc, 0, oh, xc), (yc, xc, oh, ow)]  # (y0, x0, y1, x1)
+    out = np.empty((oh, ow, 3), np.uint8)
+    out[:] = np.asarray(cfg.pad_value, dtype=np.uint8)
+    all_b, all_l, all_c = [], [], []
+    for (y0, x0, y1, x1), img, b, lab in zip(cells, images, boxes, labels):
+        if y1 <= y0 or x1 <= x0:
+            continue
+        im, cb, cl, cc = _augment_to(img, b, lab, cfg=cfg, rng=rng, out_hw=(y1 - y0, x1 - x0))
+        out[y0:y1, x0:x1] = im
+        cb[:, 0::2] += x0
+        cb[:, 1::2] += y0
+        all_b.append(cb)
+        all_l.append(cl)
+        all_c.append(cc)
+    return (out, np.concatenate(all_b).astype(np.float32).reshape(-1, 4),
+            np.concatenate(all_l).astype(np.int64).reshape(-1), np.concatenate(all_c).astype(bool).reshape(-1, 2))
 
 
 def letterbox_sample(

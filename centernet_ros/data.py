@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .augment import AugmentConfig, augment, letterbox_sample
+from .augment import AugmentConfig, augment, letterbox_sample, mosaic
 from .datasets import DetectionDataset, Sample
 
 __all__ = [
@@ -95,6 +95,7 @@ class CenterNetDataset(torch.utils.data.Dataset):
         self._rng: np.random.Generator | None = None
         self._rng_seed: int | None = None
         self._cache: dict[int, Sample] | None = {} if cache_images else None
+        self._pools: tuple[np.ndarray, dict[int, np.ndarray]] | None = None  # see _mosaic_pool
 
     @property
     def caches_images(self) -> bool:
@@ -127,6 +128,17 @@ class CenterNetDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _mosaic_pool(self, position: int) -> np.ndarray:
+        """Positions whose images come from the same dataset as ``position``'s (a
+        :class:`mixing.MixedDataset` part; the whole dataset otherwise): a mosaic's other three cells."""
+        if self._pools is None:
+            offsets = getattr(self.base, "offsets", None)
+            idx = np.asarray(self.indices, dtype=np.int64)
+            group = np.zeros(len(idx), np.int64) if offsets is None else np.searchsorted(offsets, idx, side="right") - 1
+            self._pools = (group, {int(g): np.flatnonzero(group == g) for g in np.unique(group)})
+        group, pools = self._pools
+        return pools[int(group[position])]
+
     def _generator(self) -> np.random.Generator:
         info = torch.utils.data.get_worker_info()
         seed = info.seed if info is not None else torch.initial_seed()
@@ -143,14 +155,19 @@ class CenterNetDataset(torch.utils.data.Dataset):
             index, rng = int(key), None
         sample = self._sample(self.indices[index])
         ih, iw = sample.image.shape[:2]
-        # ignore regions ride along as boxes of label -1 (same geometry, same clipping)
-        ign = np.zeros((0, 4), np.float32) if sample.ignore is None else np.asarray(sample.ignore, np.float32)
-        all_boxes = np.concatenate([np.asarray(sample.boxes, np.float32).reshape(-1, 4), ign.reshape(-1, 4)])
-        all_labels = np.concatenate([np.asarray(sample.labels, np.int64).reshape(-1),
-                                     np.full(len(ign), -1, np.int64)])
+        all_boxes, all_labels = _with_ignore(sample)
         if self.train:
-            img, all_boxes, all_labels, all_cut = augment(sample.image, all_boxes, all_labels, cfg=self.augment,
-                                                          rng=rng if rng is not None else self._generator())
+            rng = rng if rng is not None else self._generator()
+            if self.augment.mosaic_prob > 0 and rng.random() < self.augment.mosaic_prob:
+                pool = self._mosaic_pool(index)
+                parts = [sample] + [self._sample(self.indices[int(p)]) for p in pool[rng.integers(len(pool), size=3)]]
+                pairs = [_with_ignore(p) for p in parts]
+                img, all_boxes, all_labels, all_cut = mosaic(
+                    [p.image for p in parts], [b for b, _ in pairs], [lab for _, lab in pairs], cfg=self.augment,
+                    rng=rng)
+            else:
+                img, all_boxes, all_labels, all_cut = augment(sample.image, all_boxes, all_labels,
+                                                              cfg=self.augment, rng=rng)
             scale, ox, oy = 1.0, 0.0, 0.0
         else:
             img, all_boxes, scale_off = letterbox_sample(sample.image, all_boxes, size=self.input_size)
@@ -179,6 +196,15 @@ class CenterNetDataset(torch.utils.data.Dataset):
                 cfg=self.target_cfg, ignore_boxes=item["ignore"], cut=item["cut"],
             )
         return item
+
+
+def _with_ignore(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """``(boxes float32 (N + K, 4), labels int64 (N + K,))`` of a sample with its ignore regions riding
+    along as boxes of label -1 (same geometry, same clipping)."""
+    ign = np.zeros((0, 4), np.float32) if sample.ignore is None else np.asarray(sample.ignore, np.float32)
+    boxes = np.concatenate([np.asarray(sample.boxes, np.float32).reshape(-1, 4), ign.reshape(-1, 4)])
+    labels = np.concatenate([np.asarray(sample.labels, np.int64).reshape(-1), np.full(len(ign), -1, np.int64)])
+    return boxes, labels
 
 
 def normalize_images(images: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -15,6 +15,7 @@ from centernet_ros.augment import (
     augment,
     color_matrix,
     letterbox_sample,
+    mosaic,
 )
 from centernet_ros.data import normalize_images
 
@@ -115,6 +116,61 @@ def test_image_edge_cuts(flip):
         AugmentConfig(image_edge_cuts="yes")
 
 
+def test_mosaic_cells_hold_the_four_images_and_their_boxes():
+    """Each image fills one cell (its colour appears only there), each output box lies in its image's
+    cell and on that colour's pixels, boxes a cell edge cuts are flagged cut on that side, and the same
+    seed gives the same mosaic."""
+    out_hw = (96, 128)
+    colours = [(250, 40, 40), (40, 250, 40), (40, 40, 250), (250, 250, 40)]
+    images, boxes, labels = [], [], []
+    for k, c in enumerate(colours):
+        img = np.full((60, 80, 3), 10, np.uint8)
+        b = np.array([[20, 15, 60, 45]], np.float32)  # the middle of each image, in its colour
+        img[15:45, 20:60] = c
+        images.append(img), boxes.append(b), labels.append(np.array([k], np.int64))
+    cfg = AugmentConfig(output_size=out_hw, scale_range=(0.8, 1.2), scale_reference="pixels", crop_border=8,
+                        min_box_size=0, flip_prob=0.5, **NO_COLOR)
+    seen_cut = 0
+    for seed in range(30):
+        out, ob, ol, cut = mosaic(images, boxes, labels, cfg=cfg, rng=np.random.default_rng(seed))
+        assert out.shape == (*out_hw, 3) and out.dtype == np.uint8
+        assert ob.dtype == np.float32 and ol.dtype == np.int64 and cut.dtype == bool and len(ob) == len(ol) == len(cut)
+        r = np.random.default_rng(seed)
+        yc, xc = int(round(r.uniform(0.25, 0.75) * 96)), int(round(r.uniform(0.25, 0.75) * 128))
+        assert 24 <= yc <= 72 and 32 <= xc <= 96
+        cells = [(0, 0, yc, xc), (0, xc, yc, 128), (yc, 0, 96, xc), (yc, xc, 96, 128)]
+        for k, (y0, x0, y1, x1) in enumerate(cells):
+            mask = np.all(out == colours[k], axis=-1)
+            inside = np.zeros_like(mask)
+            inside[y0:y1, x0:x1] = True
+            assert not (mask & ~inside).any()  # colour k only in cell k
+            kept = np.flatnonzero(ol == k)
+            if not mask.any():
+                assert len(kept) == 0
+                continue
+            assert len(kept) == 1
+            ys, xs = np.nonzero(mask)
+            np.testing.assert_allclose(ob[kept[0]], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1.5)
+            bx1, by1, bx2, by2 = ob[kept[0]]
+            # cut on the top-left side when the box starts on the cell's inner edge, and so on
+            if (k in (1, 3) and bx1 <= x0 + 0.5) or (k in (2, 3) and by1 <= y0 + 0.5):
+                assert cut[kept[0], 0]
+                seen_cut += 1
+            if (k in (0, 2) and bx2 >= x1 - 0.5) or (k in (0, 1) and by2 >= y1 - 0.5):
+                assert cut[kept[0], 1]
+                seen_cut += 1
+    assert seen_cut > 5
+    a = mosaic(images, boxes, labels, cfg=cfg, rng=np.random.default_rng(7))
+    b = mosaic(images, boxes, labels, cfg=cfg, rng=np.random.default_rng(7))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    empty = [np.zeros((0, 4), np.float32)] * 4, [np.zeros(0, np.int64)] * 4
+    out, ob, ol, cut = mosaic(images, *empty, cfg=cfg, rng=np.random.default_rng(1))
+    assert out.shape == (*out_hw, 3) and ob.shape == (0, 4) and ol.shape == (0,) and cut.shape == (0, 2)
+    with pytest.raises(ValueError, match="4 images"):
+        mosaic(images[:3], boxes[:3], labels[:3], cfg=cfg, rng=np.random.default_rng(0))
+
+
 def test_augment_empty_boxes_and_config_validation():
     img = np.zeros((50, 70, 3), np.uint8)
     out, ob, ol, cut = augment(img, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), cfg=AugmentConfig(
@@ -128,6 +184,8 @@ def test_augment_empty_boxes_and_config_validation():
         (dict(brightness=-0.1), "-0.1"),
         (dict(lighting_std=-1.0), "-1.0"),
         (dict(pad_value=(0, 0, 300)), "300"),
+        (dict(mosaic_prob=1.5), "1.5"),
+        (dict(mosaic_prob=True), "True"),
     ]:
         with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             AugmentConfig(**kwargs)

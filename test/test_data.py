@@ -56,6 +56,40 @@ def test_training_items_are_repeatable_with_a_seed(tmp_path):
     torch.testing.assert_close(a[0], b[0])
 
 
+def test_mosaic_items_draw_partners_from_their_own_dataset(tmp_path):
+    """mosaic_prob 1: every item is a mosaic whose other cells come from the same dataset of a
+    MixedDataset (dataset A holds only class-0 boxes, B only class-1 boxes); mosaic_prob 0 draws nothing
+    extra, so its items equal plain augment() with the same seed."""
+    import numpy as np
+
+    from centernet_ros.augment import AugmentConfig, augment
+    from centernet_ros.mixing import MixedDataset
+
+    a = YoloDataset(yolo_root(tmp_path / "a", {f"img{i}": "0 0.5 0.5 0.9 0.9\n" for i in range(3)},
+                              images=("img0", "img1", "img2")), "train")
+    b = YoloDataset(yolo_root(tmp_path / "b", {"img0": "1 0.5 0.5 0.9 0.9\n", "img1": "1 0.4 0.5 0.6 0.8\n"}), "train")
+    mixed = MixedDataset([a, b], names=["a", "b"])
+    cfg = AugmentConfig(mosaic_prob=1.0, scale_range=(0.8, 1.0), min_box_size=1.0)
+    ds = CenterNetDataset(mixed, input_size=(64, 64), train=True, augment=cfg, cache_images=True)
+    assert ds._mosaic_pool(1).tolist() == [0, 1, 2] and ds._mosaic_pool(4).tolist() == [3, 4]
+    counts = {0: 0, 1: 0}
+    for pos in range(len(mixed)):
+        for seed in range(8):
+            it = ds[(pos, seed)]
+            assert it["image"].shape == (3, 64, 64)
+            labels = set(it["labels"].tolist())
+            assert labels <= {0 if pos < 3 else 1}
+            counts[0 if pos < 3 else 1] += len(it["labels"])
+    assert counts[0] > 24 and counts[1] > 16  # several cells' boxes per item
+    plain = CenterNetDataset(mixed, input_size=(64, 64), train=True, augment=AugmentConfig(scale_range=(0.8, 1.0)),
+                             normalize=False)
+    it = plain[(4, 11)]
+    s = mixed[4]
+    ref = augment(s.image, s.boxes, s.labels, cfg=plain.augment, rng=np.random.default_rng(11))
+    torch.testing.assert_close(it["image"], torch.from_numpy(ref[0]).permute(2, 0, 1))
+    torch.testing.assert_close(it["boxes"], torch.from_numpy(ref[1]))
+
+
 @pytest.mark.parametrize(
     "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 )
