@@ -18,6 +18,12 @@ Test procedure of "CenterNet: Keypoint Triplets for Object Detection" (Duan et a
 4. score threshold, per-class soft / hard / no NMS, best ``max_per_image``;
 5. undo the letterbox (``orig = (input_px - offset) / scale``) and clip to the original image.
 
+Flip test (``DecodeConfig.flip_test``; the paper's single-scale test feeds "both the original and
+horizontally flipped images", as CornerNet's and CenterNet's test code do): the outputs hold 2B images,
+B originals then the same B flipped left-right; each is decoded by steps 1-3, the flipped one's boxes
+are mirrored back (``x -> W_in - x``) and step 4 runs on the union of both.  The centre check uses each
+view's own centre keypoints (the reference code pools both views' centres first).
+
 Two implementations with bit-identical results on the CPU (``test_decode.py`` compares them):
 
 - batched tensor code on the outputs' device (``host_sync=False``, or the plan "device").  It is
@@ -42,15 +48,16 @@ centre check.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .box_ops import soft_nms
 from .keypoints import _keypoints_to_host, _topk_keypoints
-from .pairing import _pairs_to_detections_numpy, _pairs_to_detections_torch
+from .pairing import _NMS_METHOD, _pairs_to_detections_numpy, _pairs_to_detections_torch
 from .preprocess import boxes_to_original
 
 __all__ = ["NMS_CHOICES", "MODES", "DecodeConfig", "Detections", "decode"]
@@ -91,6 +98,9 @@ class DecodeConfig:
     nms_iou: float = 0.5  # IoU threshold of hard and linear soft NMS
     max_per_image: int = 100  # D, detections returned per image
     host_sync: bool = True  # allow device->host reads (pair count, NMS candidates): faster, same results
+    # Outputs hold 2B images: B originals, then the same B flipped left-right (the paper's single-scale test;
+    # twice the forward-pass work). Both are decoded and NMS runs on the union. False: one view.
+    flip_test: bool = False
 
     def __post_init__(self) -> None:
         for name in ("topk", "num_dets", "kernel", "stride", "n_small", "n_large", "max_per_image"):
@@ -107,6 +117,8 @@ class DecodeConfig:
             raise ValueError(f"score_threshold must be in [0, 1), got {self.score_threshold!r}")
         if not isinstance(self.exclusive_centres, bool):
             raise ValueError(f"exclusive_centres must be a bool, got {self.exclusive_centres!r}")
+        if not isinstance(self.flip_test, bool):
+            raise ValueError(f"flip_test must be a bool, got {self.flip_test!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.nms not in NMS_CHOICES:
@@ -193,16 +205,20 @@ def decode(
         outputs: ``tl_heat``, ``br_heat`` ``Tensor[B, C, H, W]`` logits, ``tl_tag``, ``br_tag``
             ``Tensor[B, 1, H, W]``, ``tl_regr``, ``br_regr`` ``Tensor[B, 2, H, W]`` (x, y); for
             mode "triplet" also ``ct_heat`` and ``ct_regr``.  Any float dtype (cast to float32).
+            With ``cfg.flip_test`` the batch is ``2B``: B images, then the same B flipped left-right.
         cfg: :class:`DecodeConfig` (default: paper settings).
         scale: ``Tensor[B]`` letterbox scale; offset: ``Tensor[B, 2]`` (x, y) letterbox padding;
-            orig_size: ``Tensor[B, 2]`` (h, w) to clip to.  Without them boxes stay in
-            network-input pixels.
+            orig_size: ``Tensor[B, 2]`` (h, w) to clip to (B images: the originals under ``flip_test``).
+            Without them boxes stay in network-input pixels.
         host_ok: the caller takes CPU tensors: a decode that finishes on the host (``host_sync`` on a
             GPU, see ``_HOST_SYNC_PLAN``) returns them there instead of copying them back.
 
     Returns:
         :class:`Detections` with ``D = cfg.max_per_image`` rows per image, on the outputs' device
         (or on the CPU, with ``host_ok``).
+
+    Raises:
+        ValueError: a missing output or a wrong shape, an odd batch under ``flip_test``.
     """
     cfg = DecodeConfig() if cfg is None else cfg
     keys = ["tl_heat", "br_heat", "tl_tag", "br_tag", "tl_regr", "br_regr"]
@@ -221,6 +237,8 @@ def decode(
     for key in keys:
         if tuple(outputs[key].shape) != want[key.split("_")[1]]:
             raise ValueError(f"{key} must have shape {want[key.split('_')[1]]}, got {tuple(outputs[key].shape)}")
+    if cfg.flip_test:
+        return _decode_flip_test(outputs, cfg, scale, offset, orig_size, host_ok)
     scale = _as_batch(scale, B, (), "scale", dev)
     offset = _as_batch(offset, B, (2,), "offset", dev)
     orig_size = _as_batch(orig_size, B, (2,), "orig_size", dev)
@@ -255,7 +273,58 @@ def decode(
         if res is None:
             return _empty(B, D, dev)
         out_boxes, out_scores, out_labels = res
-    valid = out_labels >= 0  # (B, D)
-    out_boxes = boxes_to_original(out_boxes, scale, offset, orig_size)
-    out_boxes = torch.where(valid.unsqueeze(-1), out_boxes, 0.0)
-    return Detections(out_boxes, out_scores, out_labels, valid.sum(1))
+    return _to_original(out_boxes, out_scores, out_labels, scale, offset, orig_size)
+
+
+def _to_original(boxes: Tensor, scores: Tensor, labels: Tensor, scale: Tensor | None, offset: Tensor | None,
+                 orig_size: Tensor | None) -> Detections:
+    """Boxes ``Tensor[B, D, 4]`` in network-input pixels -> :class:`Detections` in original pixels."""
+    valid = labels >= 0  # (B, D)
+    boxes = boxes_to_original(boxes, scale, offset, orig_size)
+    boxes = torch.where(valid.unsqueeze(-1), boxes, 0.0)
+    return Detections(boxes, scores, labels, valid.sum(1))
+
+
+def _decode_flip_test(
+    outputs: Mapping[str, Tensor], cfg: DecodeConfig, scale: Tensor | None, offset: Tensor | None,
+    orig_size: Tensor | None, host_ok: bool,
+) -> Detections:
+    """``DecodeConfig.flip_test``: decode the ``2B`` views without NMS (every confirmed box, up to
+    ``num_dets`` per view), mirror the flipped views' boxes, then NMS and the best ``max_per_image``
+    over the union of each image's two views (CornerNet / CenterNet test code: concatenate the
+    detections of both views, soft-NMS, top 100)."""
+    B2, _, _, W = outputs["tl_heat"].shape
+    if B2 % 2:
+        raise ValueError(f"flip_test needs an even batch (B images, then the same B flipped), got {B2}")
+    B, D, dev = B2 // 2, cfg.max_per_image, outputs["tl_heat"].device
+    if B == 0:
+        return _empty(0, D, dev)
+    views = decode(outputs, replace(cfg, flip_test=False, nms="none", score_threshold=0.0,
+                                    max_per_image=cfg.num_dets), host_ok=True)  # (2B, N[, 4]) input px
+    w_in = float(W * cfg.stride)
+    fb = views.boxes[B:]  # (B, N, 4) boxes of the flipped views, in their own coordinates
+    mirrored = torch.stack([w_in - fb[..., 2], fb[..., 1], w_in - fb[..., 0], fb[..., 3]], -1)  # (B, N, 4)
+    boxes = torch.cat([views.boxes[:B], mirrored], 1)  # (B, 2N, 4)
+    scores = torch.cat([views.scores[:B], views.scores[B:]], 1)  # (B, 2N)
+    labels = torch.cat([views.labels[:B], views.labels[B:]], 1)
+    if cfg.nms == "none":
+        M = min(D, scores.shape[1])
+        top, order = scores.masked_fill(labels < 0, -1.0).sort(dim=1, descending=True, stable=True)
+        top, order = top[:, :M], order[:, :M]  # (B, M)
+        keep = top > cfg.score_threshold
+        out_boxes = boxes.new_zeros(B, D, 4)
+        out_scores = scores.new_zeros(B, D)
+        out_labels = labels.new_full((B, D), -1)
+        out_boxes[:, :M] = torch.where(keep.unsqueeze(-1), boxes.gather(1, order.unsqueeze(-1).expand(B, M, 4)), 0.0)
+        out_scores[:, :M] = torch.where(keep, top, 0.0)
+        out_labels[:, :M] = torch.where(keep, labels.gather(1, order), -1)
+    else:
+        res = soft_nms(boxes, scores, labels, max_out=D, method=_NMS_METHOD[cfg.nms], sigma=cfg.nms_sigma,
+                       iou_threshold=cfg.nms_iou, score_threshold=cfg.score_threshold, host_sync=cfg.host_sync)
+        out_boxes, out_scores, out_labels = res.boxes, res.scores, res.labels
+    on = out_boxes.device
+    det = _to_original(out_boxes, out_scores, out_labels, *(
+        None if t is None else t.to(on) for t in (_as_batch(scale, B, (), "scale", dev),
+                                                  _as_batch(offset, B, (2,), "offset", dev),
+                                                  _as_batch(orig_size, B, (2,), "orig_size", dev))))
+    return det if host_ok or on == dev else Detections(*(t.to(dev) for t in det))

@@ -273,12 +273,15 @@ class Detector:
         """Detect objects in ``B`` images (``uint8[H, W, Ch]``, any sizes): one forward pass, one host copy.
 
         Returns one ``ImageDetections`` per image, boxes in that image's pixels, only detections with
-        ``score > decode_config.score_threshold``.
+        ``score > decode_config.score_threshold``. With ``decode_config.flip_test`` the forward pass also
+        runs on the images flipped left-right (2B inputs) and both views' boxes are merged (``decode``).
         """
         if len(images) == 0:
             return []
         cfg = self.decode_config
         x, params = self.preprocess(images, orders)
+        if cfg.flip_test:
+            x = torch.cat([x, x.flip(-1)])  # (2B, 3, Hin, Win): the originals, then the same flipped
         with self._lock:
             if self.model is None:
                 raise RuntimeError("detector is closed")

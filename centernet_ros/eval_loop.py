@@ -102,6 +102,8 @@ def predict(
 
     Images are letterboxed to ``input_size`` on ``device``; each decode configuration decodes the same
     outputs and ``decode`` maps its boxes back to the sample's pixels (padding rows dropped; CPU tensors).
+    With ``flip_test`` (all configurations alike, else ``ValueError``) the model also sees each batch
+    flipped left-right.
     ``amp``: fp16 autocast on CUDA (ignored on CPU). The model is put in eval mode and restored to its
     previous mode when the iteration ends.
     """
@@ -109,6 +111,11 @@ def predict(
 
     from .preprocess import letterbox
 
+    flips = {c.flip_test for c in decode_cfgs.values()}
+    if len(flips) > 1:
+        raise ValueError(f"decode configurations disagree on flip_test: "
+                         f"{ {n: c.flip_test for n, c in decode_cfgs.items()} }")
+    flip = flips == {True}
     device = torch.device(device)
     subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
     loader = torch.utils.data.DataLoader(
@@ -126,6 +133,8 @@ def predict(
         for samples in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False, file=sys.stderr):
             images = [torch.from_numpy(s.image) for s in samples]
             x, lb = letterbox(images, size=input_size, bgr=False, device=device)  # (B, 3, H, W)
+            if flip:
+                x = torch.cat([x, x.flip(-1)])  # (2B, 3, H, W): the originals, then the same flipped
             ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with ctx:
                 outputs = model(x)

@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--exclusive-centres", action=argparse.BooleanOptionalAction, default=DecodeConfig.exclusive_centres,
                    help="a centre keypoint confirming a better nested box does not confirm the outer one "
                    "(--no-exclusive-centres: the paper's rule)")
+    d.add_argument("--flip-test", action="store_true",
+                   help="also run each image flipped left-right and merge both views' boxes (the paper's "
+                   "single-scale test; twice the forward-pass work)")
     d.add_argument("--max-per-image", type=int, default=DecodeConfig.max_per_image)
     d.add_argument("--score-threshold", type=float, default=DecodeConfig.score_threshold)
     return p
@@ -258,6 +261,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> EvalConfig:
         ae_threshold=a.ae_threshold,
         nms=a.nms,
         exclusive_centres=a.exclusive_centres,
+        flip_test=a.flip_test,
         max_per_image=a.max_per_image,
         score_threshold=a.score_threshold,
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import centernet_ros.decode as decode_module
-import test_decode as td
+import decode_scenes as td
 from centernet_ros.decode import DecodeConfig, decode
 from centernet_ros.reference_decode import reference_decode
 

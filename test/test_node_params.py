@@ -128,13 +128,15 @@ def test_read_decode_errors_name_the_ros_parameter():
     assert params.read_decode({**values, "max_detections": 7, "nms_method": "hard"}).max_per_image == 7
     assert params.read_decode(values).exclusive_centres is True
     assert params.read_decode({**values, "exclusive_centres": False}).exclusive_centres is False
+    assert params.read_decode(values).flip_test is False
+    assert params.read_decode({**values, "flip_test": True}).flip_test is True
 
 
 def test_every_parameter_is_described_with_its_type_and_range(rclpy_context):
     node = DetectorNode("described", context=rclpy_context)
     try:
         descs = {d.name: d for d in node.describe_parameters(list(params.DEFAULTS))}
-        assert set(descs) == set(params.DEFAULTS) and len(descs) == 36  # 20 node, 2 batching, 14 decode
+        assert set(descs) == set(params.DEFAULTS) and len(descs) == 37  # 20 node, 2 batching, 15 decode
         assert all(d.description and not d.dynamic_typing for d in descs.values())
 
         def floats(n):
@@ -147,6 +149,7 @@ def test_every_parameter_is_described_with_its_type_and_range(rclpy_context):
         assert descs["max_batch_size"].type == ParameterType.PARAMETER_INTEGER
         assert descs["camera_topics"].type == ParameterType.PARAMETER_STRING_ARRAY
         assert descs["exclusive_centres"].type == ParameterType.PARAMETER_BOOL
+        assert descs["flip_test"].type == ParameterType.PARAMETER_BOOL
         assert floats("score_threshold") == [(0.0, 1.0, 0.0)] and floats("nms_iou") == [(0.0, 1.0, 0.0)]
         for name in ("max_batch_latency_ms", "diagnostics_period", "camera_timeout", "ae_threshold", "nms_sigma",
                      "small_area"):

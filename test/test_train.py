@@ -196,9 +196,14 @@ def test_tiny_training_resume_and_eval(tmp_path, capsys):
     assert "| mode | AP | AP50 | AP75 | APs | APm | APl | FD | FD_S | FD_M | FD_L |" in md
     assert "| triplet |" in md and "| pairs |" in md
     assert "| mode | AP" in capsys.readouterr().out
+    # --flip-test: each image also runs flipped, both decodings merge the two views
+    rc = eval_cli.main(["--weights", str(out / "best.safetensors"), "--data", str(SHARED), "--limit-images", "3",
+                        "--batch-size", "3", "--workers", "0", "--out", str(ev_out), "--no-progress", "--flip-test"])
+    assert rc == 0
+    report = json.loads((ev_out / "metrics.json").read_text())
+    assert report["decode"]["flip_test"] is True and report["num_images"] == 3
 
 
-@needs_data
 @needs_data
 def test_compile_wraps_the_training_forward_only(tmp_path, monkeypatch):
     """train.compile: the training forward goes through torch.compile's wrapper; the saved weights (plain
