@@ -78,8 +78,9 @@ class AugmentConfig:
     # on that side, like boxes the crop cuts: the photo cut the object, so that corner is the photo's, not
     # the object's (targets.TargetConfig.cut_corners decides what a cut corner trains). False: CornerNet.
     image_edge_cuts: bool = False
-    # Probability that a training image is a 2x2 mosaic of it and three random images of its dataset
-    # (YOLOv4); 0: never (CornerNet). The grid splits at a point uniform in the middle half of each axis.
+    # Probability that a training image is a 2x2 mosaic of it and three images drawn at random (with
+    # replacement) from its dataset (YOLOv4); 0: never (CornerNet). The grid splits at a point uniform in
+    # the middle half of each axis.
     mosaic_prob: float = 0.0
 
     def __post_init__(self) -> None:
@@ -116,7 +117,8 @@ class AugmentConfig:
         self.pad_value = tuple(int(v) for v in pad)
         if not isinstance(self.image_edge_cuts, bool):
             raise ValueError(f"image_edge_cuts must be a bool, got {self.image_edge_cuts!r}")
-        if isinstance(self.mosaic_prob, bool) or not 0 <= self.mosaic_prob <= 1:
+        if not isinstance(self.mosaic_prob, (int, float)) or isinstance(self.mosaic_prob, bool) \
+                or not 0 <= self.mosaic_prob <= 1:
             raise ValueError(f"mosaic_prob must be in [0, 1], got {self.mosaic_prob!r}")
 
 

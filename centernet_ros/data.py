@@ -132,9 +132,11 @@ class CenterNetDataset(torch.utils.data.Dataset):
         """Positions whose images come from the same dataset as ``position``'s (a
         :class:`mixing.MixedDataset` part; the whole dataset otherwise): a mosaic's other three cells."""
         if self._pools is None:
-            offsets = getattr(self.base, "offsets", None)
+            from .mixing import MixedDataset
+
             idx = np.asarray(self.indices, dtype=np.int64)
-            group = np.zeros(len(idx), np.int64) if offsets is None else np.searchsorted(offsets, idx, side="right") - 1
+            group = (np.searchsorted(self.base.offsets, idx, side="right") - 1 if isinstance(self.base, MixedDataset)
+                     else np.zeros(len(idx), np.int64))
             self._pools = (group, {int(g): np.flatnonzero(group == g) for g in np.unique(group)})
         group, pools = self._pools
         return pools[int(group[position])]
@@ -160,8 +162,9 @@ class CenterNetDataset(torch.utils.data.Dataset):
             rng = rng if rng is not None else self._generator()
             if self.augment.mosaic_prob > 0 and rng.random() < self.augment.mosaic_prob:
                 pool = self._mosaic_pool(index)
-                parts = [sample] + [self._sample(self.indices[int(p)]) for p in pool[rng.integers(len(pool), size=3)]]
-                pairs = [_with_ignore(p) for p in parts]
+                parts = [self._sample(self.indices[int(p)]) for p in pool[rng.integers(len(pool), size=3)]]
+                pairs = [(all_boxes, all_labels)] + [_with_ignore(p) for p in parts]
+                parts = [sample] + parts
                 img, all_boxes, all_labels, all_cut = mosaic(
                     [p.image for p in parts], [b for b, _ in pairs], [lab for _, lab in pairs], cfg=self.augment,
                     rng=rng)

@@ -297,6 +297,9 @@ def _decode_flip_test(
     if B2 % 2:
         raise ValueError(f"flip_test needs an even batch (B images, then the same B flipped), got {B2}")
     B, D, dev = B2 // 2, cfg.max_per_image, outputs["tl_heat"].device
+    # the originals' letterbox numbers, checked now and left where they are until the merge's device is known
+    lb = [_as_batch(t, B, shape, name, t.device if isinstance(t, Tensor) else torch.device("cpu"))
+          for t, shape, name in ((scale, (), "scale"), (offset, (2,), "offset"), (orig_size, (2,), "orig_size"))]
     if B == 0:
         return _empty(0, D, dev)
     views = decode(outputs, replace(cfg, flip_test=False, nms="none", score_threshold=0.0,
@@ -323,8 +326,5 @@ def _decode_flip_test(
                        iou_threshold=cfg.nms_iou, score_threshold=cfg.score_threshold, host_sync=cfg.host_sync)
         out_boxes, out_scores, out_labels = res.boxes, res.scores, res.labels
     on = out_boxes.device
-    det = _to_original(out_boxes, out_scores, out_labels, *(
-        None if t is None else t.to(on) for t in (_as_batch(scale, B, (), "scale", dev),
-                                                  _as_batch(offset, B, (2,), "offset", dev),
-                                                  _as_batch(orig_size, B, (2,), "orig_size", dev))))
+    det = _to_original(out_boxes, out_scores, out_labels, *(None if t is None else t.to(on) for t in lb))
     return det if host_ok or on == dev else Detections(*(t.to(dev) for t in det))

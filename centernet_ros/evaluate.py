@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--exclusive-centres", action=argparse.BooleanOptionalAction, default=DecodeConfig.exclusive_centres,
                    help="a centre keypoint confirming a better nested box does not confirm the outer one "
                    "(--no-exclusive-centres: the paper's rule)")
-    d.add_argument("--flip-test", action="store_true",
+    d.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=DecodeConfig.flip_test,
                    help="also run each image flipped left-right and merge both views' boxes (the paper's "
                    "single-scale test; twice the forward-pass work)")
     d.add_argument("--max-per-image", type=int, default=DecodeConfig.max_per_image)

@@ -172,8 +172,11 @@ def reference_decode(
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per-image numpy decode.  Same arguments as :func:`centernet_ros.decode.decode` (tensors or
     arrays); returns one ``(boxes (D_i, 4), scores (D_i,), labels (D_i,))`` tuple per image with
-    only the valid detections, sorted by score."""
+    only the valid detections, sorted by score.  One view per image: ``cfg.flip_test`` raises
+    ``ValueError`` (the flip test's merge is tested against single-view decodes, ``test_flip_test.py``)."""
     cfg = DecodeConfig() if cfg is None else cfg
+    if cfg.flip_test:
+        raise ValueError("reference_decode decodes one view per image; got flip_test=True")
     out = {k: _to_numpy(v) for k, v in outputs.items()}
     B = out["tl_heat"].shape[0]
     scale = None if scale is None else _to_numpy(scale)

@@ -130,7 +130,7 @@ def test_mosaic_cells_hold_the_four_images_and_their_boxes():
         images.append(img), boxes.append(b), labels.append(np.array([k], np.int64))
     cfg = AugmentConfig(output_size=out_hw, scale_range=(0.8, 1.2), scale_reference="pixels", crop_border=8,
                         min_box_size=0, flip_prob=0.5, **NO_COLOR)
-    seen_cut = 0
+    seen_cut = seen_whole = 0
     for seed in range(30):
         out, ob, ol, cut = mosaic(images, boxes, labels, cfg=cfg, rng=np.random.default_rng(seed))
         assert out.shape == (*out_hw, 3) and out.dtype == np.uint8
@@ -159,7 +159,10 @@ def test_mosaic_cells_hold_the_four_images_and_their_boxes():
             if (k in (0, 2) and bx2 >= x1 - 0.5) or (k in (0, 1) and by2 >= y1 - 0.5):
                 assert cut[kept[0], 1]
                 seen_cut += 1
-    assert seen_cut > 5
+            if bx1 > x0 + 1.5 and by1 > y0 + 1.5 and bx2 < x1 - 1.5 and by2 < y1 - 1.5:
+                assert not cut[kept[0]].any()  # well inside its cell: not cut
+                seen_whole += 1
+    assert seen_cut > 5 and seen_whole > 5
     a = mosaic(images, boxes, labels, cfg=cfg, rng=np.random.default_rng(7))
     b = mosaic(images, boxes, labels, cfg=cfg, rng=np.random.default_rng(7))
     for x, y in zip(a, b):
@@ -186,6 +189,7 @@ def test_augment_empty_boxes_and_config_validation():
         (dict(pad_value=(0, 0, 300)), "300"),
         (dict(mosaic_prob=1.5), "1.5"),
         (dict(mosaic_prob=True), "True"),
+        (dict(mosaic_prob="half"), "'half'"),
     ]:
         with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             AugmentConfig(**kwargs)

@@ -102,6 +102,8 @@ def test_flip_test_empty_and_invalid_batches(device):
     cfg = DecodeConfig(flip_test=True)
     empty = decode(to(blank(B=0, C=2, H=8, W=8), device), cfg, scale=torch.ones(0))
     assert empty.boxes.shape == (0, 100, 4) and empty.num.shape == (0,)
+    with pytest.raises(ValueError, match="scale must have shape"):
+        decode(to(blank(B=0, C=2, H=8, W=8), device), cfg, scale=torch.ones(1))
     nothing = decode(to(blank(B=2, C=2, H=8, W=8), device), cfg)
     check_layout(nothing, 1, 100)
     assert int(nothing.num[0]) == 0

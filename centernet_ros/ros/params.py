@@ -236,7 +236,8 @@ _DESCRIPTIONS = {
     "exclusive_centres": "a centre keypoint confirming a better-scoring box nested inside a box does not confirm "
                          "that box too (removes boxes around queues of cars; false = the paper's rule)",
     "flip_test": "also run each frame flipped left-right and merge both views' boxes (the paper's single-scale "
-                 "test: more recall, twice the forward-pass work)",
+                 "test: more recall, twice the forward-pass work and GPU memory; with compile, switching it on "
+                 "captures new CUDA graphs on the next batches)",
     "nms_method": "soft | soft_linear | hard | none",
     "nms_sigma": "Gaussian soft-NMS sigma (> 0)",
     "nms_iou": "IoU threshold of hard / linear soft NMS, in [0, 1]",
