@@ -60,7 +60,7 @@ from .keypoints import _keypoints_to_host, _topk_keypoints
 from .pairing import _NMS_METHOD, _pairs_to_detections_numpy, _pairs_to_detections_torch
 from .preprocess import boxes_to_original
 
-__all__ = ["NMS_CHOICES", "MODES", "DecodeConfig", "Detections", "decode"]
+__all__ = ["NMS_CHOICES", "MODES", "DecodeConfig", "Detections", "decode", "flip_test_batch"]
 
 NMS_CHOICES = ("soft", "soft_linear", "hard", "none")
 MODES = ("triplet", "pairs")
@@ -274,6 +274,12 @@ def decode(
             return _empty(B, D, dev)
         out_boxes, out_scores, out_labels = res
     return _to_original(out_boxes, out_scores, out_labels, scale, offset, orig_size)
+
+
+def flip_test_batch(x: Tensor) -> Tensor:
+    """Network input ``Tensor[B, 3, H, W]`` -> ``Tensor[2B, 3, H, W]``: the images, then the same images
+    flipped left-right (the batch :func:`decode` expects under ``DecodeConfig.flip_test``)."""
+    return torch.cat([x, x.flip(-1)])
 
 
 def _to_original(boxes: Tensor, scores: Tensor, labels: Tensor, scale: Tensor | None, offset: Tensor | None,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .decode import DecodeConfig, decode
+from .decode import DecodeConfig, decode, flip_test_batch
 from .preprocess import LetterboxParams, letterbox
 from .weights import load_model
 
@@ -281,7 +281,7 @@ class Detector:
         cfg = self.decode_config
         x, params = self.preprocess(images, orders)
         if cfg.flip_test:
-            x = torch.cat([x, x.flip(-1)])  # (2B, 3, Hin, Win): the originals, then the same flipped
+            x = flip_test_batch(x)  # (2B, 3, Hin, Win)
         with self._lock:
             if self.model is None:
                 raise RuntimeError("detector is closed")

@@ -25,7 +25,7 @@ from .coco_eval import CocoJsonEvaluator, load_coco_ground_truth
 from .coco_dataset import CocoDataset
 from .data import collate_samples, worker_init_fn
 from .datasets import DetectionDataset, Sample
-from .decode import DecodeConfig, decode
+from .decode import DecodeConfig, decode, flip_test_batch
 from .evaluation import DetectionEvaluator, EvalResult
 from .mixing import ClassMappedDataset, FirstImages
 
@@ -134,7 +134,7 @@ def predict(
             images = [torch.from_numpy(s.image) for s in samples]
             x, lb = letterbox(images, size=input_size, bgr=False, device=device)  # (B, 3, H, W)
             if flip:
-                x = torch.cat([x, x.flip(-1)])  # (2B, 3, H, W): the originals, then the same flipped
+                x = flip_test_batch(x)  # (2B, 3, H, W)
             ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with ctx:
                 outputs = model(x)
