@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import DatasetError, DetectionDataset, Sample, _parse_number, read_image
+from .datasets import DatasetError, DetectionDataset, Sample, parse_number, read_image
 
 __all__ = ["CocoDataset"]
 
@@ -114,7 +114,7 @@ class CocoDataset(DetectionDataset):
             bbox = ann.get("bbox")
             if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
                 raise DatasetError(f"{where}: bbox must be [x, y, w, h], got {bbox!r}")
-            x, y, w, h = (_parse_number(str(v), where, "bbox value") for v in bbox)
+            x, y, w, h = (parse_number(str(v), where, "bbox value") for v in bbox)
             if w < 0 or h < 0:
                 raise DatasetError(f"{where}: negative bbox size {bbox!r}")
             if w == 0 or h == 0:

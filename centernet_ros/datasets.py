@@ -24,6 +24,7 @@ import yaml
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DatasetError",
+    "parse_number",
     "Sample",
     "DetectionDataset",
     "YoloDataset",
@@ -106,7 +107,9 @@ def _list_images(images_dir: Path) -> list[Path]:
     return sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _parse_number(token: str, where: str, what: str) -> float:
+def parse_number(token: str, where: str, what: str) -> float:
+    """``float(token)`` for an annotation value; :class:`DatasetError` naming ``where`` (file, line) and
+    ``what`` (the field) when it is not a finite number."""
     try:
         v = float(token)
     except ValueError:
@@ -138,13 +141,13 @@ def parse_yolo_label_file(path: Path, num_classes: int, *, tolerance: float = 0.
             raise DatasetError(
                 f"{where}: expected 5 fields 'class cx cy w h', got {len(fields)}: {line.strip()!r}"
             )
-        cls = _parse_number(fields[0], where, "class")
+        cls = parse_number(fields[0], where, "class")
         if not cls.is_integer():
             raise DatasetError(f"{where}: class must be an integer, got {fields[0]!r}")
         cls = int(cls)
         if not 0 <= cls < num_classes:
             raise DatasetError(f"{where}: class {cls} out of range 0..{num_classes - 1}")
-        cx, cy, w, h = (_parse_number(t, where, n) for t, n in zip(fields[1:], ("cx", "cy", "w", "h")))
+        cx, cy, w, h = (parse_number(t, where, n) for t, n in zip(fields[1:], ("cx", "cy", "w", "h")))
         if w <= 0 or h <= 0:
             raise DatasetError(f"{where}: box width and height must be > 0, got w={w!r} h={h!r}")
         x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2

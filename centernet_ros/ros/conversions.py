@@ -59,7 +59,9 @@ def compressed_msg_to_array(msg: Any, *, max_pixels: int = MAX_PIXELS) -> RawIma
 
 
 def to_bgr(img: RawImage) -> np.ndarray:
-    """Contiguous ``uint8[H, W, 3]`` BGR copy of ``img`` (for drawing / video writing on the CPU)."""
+    """``img`` as a contiguous ``uint8[H, W, 3]`` BGR array (for drawing / video writing on the CPU): the
+    image's own array when it is already contiguous BGR (no copy: copy it before drawing on it if the
+    message must stay unchanged), else a converted copy."""
     import cv2
 
     a = img.array
