@@ -43,6 +43,10 @@ OVERRIDES = {
     'score_threshold': (float, 'publish detections with score > this, in [0, 1)'),
     'ae_threshold': (float, 'max embedding distance of a corner pair'),
     'decode_mode': (str, 'triplet | pairs'),
+    'exclusive_centres': (bool, 'a centre keypoint that confirms a better box nested in a box does not confirm '
+                                'that box (false: the paper\'s rule)'),
+    'flip_test': (bool, 'also run every frame flipped left-right and merge both views (the paper\'s test; '
+                        'twice the forward-pass work)'),
     'nms_method': (str, 'soft | soft_linear | hard | none'),
     'nms_sigma': (float, 'Gaussian soft-NMS sigma'),
     'nms_iou': (float, 'IoU threshold of hard / linear soft NMS'),

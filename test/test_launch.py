@@ -129,6 +129,19 @@ def test_launch_arguments_are_described(cli):
     assert res.returncode == 0 and "'max_frames':" in res.stdout, res.stdout
 
 
+def test_launch_overrides_are_node_parameters_of_their_type():
+    params = pytest.importorskip("centernet_ros.ros.params", reason="rclpy is not installed")
+    detect = _load_launch_file("detect.launch.py")
+    assert set(detect.OVERRIDES) <= set(params.DEFAULTS)  # a typo here would set a parameter nobody reads
+    for name, (kind, _) in detect.OVERRIDES.items():
+        if kind is bool:
+            assert isinstance(params.DEFAULTS[name], bool), name
+            assert detect._convert(name, "true") is True and detect._convert(name, "False") is False
+            with pytest.raises(ValueError, match=f"{name}:='1'"):
+                detect._convert(name, "1")
+    assert {"flip_test", "exclusive_centres"} <= set(detect.OVERRIDES)
+
+
 def _load_launch_file(name: str):
     pytest.importorskip("launch_ros", reason="the launch / launch_ros packages are not installed")
     spec = importlib.util.spec_from_file_location(name.replace(".", "_"), REPO / "launch" / name)
