@@ -47,6 +47,13 @@ def test_shipped_configs_load():
     assert cpu4.data == cpu3.data and cpu4.train.lr == 3.0e-4 and cpu4.train.epochs == 30
     cpu5 = load_config(REPO / "config" / "train_vehicles_cpu_stage5.yaml")
     assert cpu5.model.init_weights == "runs/vehicles_cpu_stage4/best.safetensors" and cpu5.train.ema_decay == 0.999
+    cpu6 = load_config(REPO / "config" / "train_vehicles_cpu_stage6.yaml")
+    assert [s.weight for s in cpu6.data.train_specs()] == [1.0, 1.0] and cpu6.train.lr == 3.0e-4
+    cpu7 = load_config(REPO / "config" / "train_vehicles_cpu_stage7.yaml")
+    assert cpu7.model.init_weights == "runs/vehicles_cpu_stage6/best.safetensors" and cpu7.data == cpu6.data
+    assert (cpu7.train.lr, cpu7.train.epochs, cpu7.train.output_dir) == (2.0e-4, 32, "runs/vehicles_cpu_stage7")
+    for path in sorted((REPO / "config").glob("train_*.yaml")):  # every recipe, ablation and later stage loads
+        assert load_config(path).train.output_dir, path.name
 
 
 def test_config_base_chain(tmp_path):
