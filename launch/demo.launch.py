@@ -14,8 +14,6 @@ or ``max_frames`` frames. ``fastdds_profile`` (default ``auto``: the package's
 config/fastdds_large_frames.xml unless the environment names a Fast DDS profile; a path; '' = none)
 goes to both processes: the video publisher's frames reach the detector through its shared memory.
 """
-import os
-
 from launch import LaunchDescription
 from launch.actions import (
     DeclareLaunchArgument, EmitEvent, IncludeLaunchDescription, LogInfo, OpaqueFunction, RegisterEventHandler,
@@ -27,31 +25,9 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, This
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-PACKAGE = 'centernet_ros'
+from centernet_ros.ros.fastdds import LAUNCH_ARGUMENT_HELP, launch_argument_env
+from centernet_ros.ros.package_files import PACKAGE, package_file
 
-
-def default_params_file():
-    """config/demo.yaml of the installed package, or of the source tree this file is in."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        path = os.path.join(get_package_share_directory(PACKAGE), 'config', 'demo.yaml')
-        if os.path.isfile(path):
-            return path
-    except Exception:  # package not installed: running from the source tree
-        pass
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config', 'demo.yaml')
-
-
-def _fastdds_env(context):
-    """The environment variables the ``fastdds_profile`` launch argument adds (centernet_ros.ros.fastdds)."""
-    from centernet_ros.ros.fastdds import launch_profile_env
-
-    choice = LaunchConfiguration('fastdds_profile').perform(context)
-    try:
-        return launch_profile_env(choice, getattr(context, 'environment', os.environ))
-    except FileNotFoundError as exc:
-        raise ValueError(f'launch argument {exc}') from None
 
 
 def _video_publisher(context):
@@ -83,7 +59,7 @@ def _video_publisher(context):
         executable='centernet-video-publisher',
         name='video_publisher',
         parameters=parameters,
-        additional_env=_fastdds_env(context),
+        additional_env=launch_argument_env(context),
         output='screen',
         emulate_tty=True,
     )
@@ -118,7 +94,7 @@ def _detector(context):
 
 def generate_launch_description():
     return LaunchDescription([
-        DeclareLaunchArgument('params_file', default_value=default_params_file(),
+        DeclareLaunchArgument('params_file', default_value=str(package_file('config', 'demo.yaml')),
                               description='ROS parameters file of both nodes'),
         DeclareLaunchArgument('video', default_value='',
                               description='video file; empty: from params_file (bundled slow_traffic_small.mp4)'),
@@ -137,10 +113,7 @@ def generate_launch_description():
                               description='score threshold; empty: from params_file'),
         DeclareLaunchArgument('log_level', default_value='info',
                               description="level of the detector's logger: debug | info | warn | error | fatal"),
-        DeclareLaunchArgument('fastdds_profile', default_value='auto',
-                              description="Fast DDS XML profile of both processes: auto = the package's "
-                              'config/fastdds_large_frames.xml unless FASTDDS_DEFAULT_PROFILES_FILE or '
-                              "FASTRTPS_DEFAULT_PROFILES_FILE is set; a path; '' = none"),
+        DeclareLaunchArgument('fastdds_profile', default_value='auto', description=LAUNCH_ARGUMENT_HELP),
         OpaqueFunction(function=_video_publisher),
         OpaqueFunction(function=_detector),
     ])

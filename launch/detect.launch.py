@@ -14,8 +14,6 @@ only (``--log-level <namespace>.<node_name>:=<level>``), not that of rcl and the
 between processes (config/fastdds_large_frames.xml, unless FASTDDS_DEFAULT_PROFILES_FILE or
 FASTRTPS_DEFAULT_PROFILES_FILE is set), another profile's path, or none ('').
 """
-import os
-
 import yaml
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -23,7 +21,9 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-PACKAGE = 'centernet_ros'
+from centernet_ros.ros.fastdds import LAUNCH_ARGUMENT_HELP, launch_argument_env
+from centernet_ros.ros.package_files import PACKAGE, package_file
+
 LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 
 # launch argument (= node parameter) -> (type, description)
@@ -60,19 +60,6 @@ OVERRIDES = {
 EMPTY = {'weights': 'from params_file (config/detect.yaml: the bundled models/centernet_vehicles.safetensors)'}
 
 
-def default_params_file():
-    """config/detect.yaml of the installed package, or of the source tree this file is in."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        path = os.path.join(get_package_share_directory(PACKAGE), 'config', 'detect.yaml')
-        if os.path.isfile(path):
-            return path
-    except Exception:  # package not installed: running from the source tree
-        pass
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config', 'detect.yaml')
-
-
 def _convert(name, text):
     """A launch argument string -> the parameter's type (raises ValueError naming the argument)."""
     kind, _ = OVERRIDES[name]
@@ -93,22 +80,6 @@ def _convert(name, text):
         return kind(text)
     except (ValueError, TypeError, yaml.YAMLError) as exc:
         raise ValueError(f'launch argument {name}:={text!r}: {exc}') from None
-
-
-FASTDDS_PROFILE_HELP = ("Fast DDS XML profile of the started processes: auto = the package's "
-                        "config/fastdds_large_frames.xml (large camera frames between processes) unless "
-                        "FASTDDS_DEFAULT_PROFILES_FILE or FASTRTPS_DEFAULT_PROFILES_FILE is set; a path; '' = none")
-
-
-def fastdds_env(context):
-    """The environment variables the ``fastdds_profile`` launch argument adds (centernet_ros.ros.fastdds)."""
-    from centernet_ros.ros.fastdds import launch_profile_env
-
-    choice = LaunchConfiguration('fastdds_profile').perform(context)
-    try:
-        return launch_profile_env(choice, getattr(context, 'environment', os.environ))
-    except FileNotFoundError as exc:
-        raise ValueError(f'launch argument {exc}') from None
 
 
 def node_logger_name(namespace, node_name):
@@ -139,7 +110,7 @@ def _launch_node(context):
             namespace=namespace,
             parameters=parameters,
             ros_arguments=['--log-level', f'{node_logger_name(namespace, node_name)}:={log_level}'],
-            additional_env=fastdds_env(context),
+            additional_env=launch_argument_env(context),
             output='screen',
             emulate_tty=True,
         )
@@ -148,13 +119,13 @@ def _launch_node(context):
 
 def generate_launch_description():
     args = [
-        DeclareLaunchArgument('params_file', default_value=default_params_file(),
+        DeclareLaunchArgument('params_file', default_value=str(package_file('config', 'detect.yaml')),
                               description='ROS parameters file of the node'),
         DeclareLaunchArgument('node_name', default_value='centernet_detector', description='node name'),
         DeclareLaunchArgument('namespace', default_value='', description='node namespace'),
         DeclareLaunchArgument('log_level', default_value='info',
                               description='level of the node\'s logger: debug | info | warn | error | fatal'),
-        DeclareLaunchArgument('fastdds_profile', default_value='auto', description=FASTDDS_PROFILE_HELP),
+        DeclareLaunchArgument('fastdds_profile', default_value='auto', description=LAUNCH_ARGUMENT_HELP),
     ]
     args += [
         DeclareLaunchArgument(name, default_value='', description=f'{text}; empty: {EMPTY.get(name, "from params_file")}')

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .demo_report import PICTURE_FRAMES, BoxSizes, FramePicker, describe, picture_indices, write_picture
+from .package_files import package_file
 
 __all__ = ["CPU_INPUT_SIZE", "GPU_INPUT_SIZE", "default_input_size", "main", "parse_args"]
 
@@ -54,18 +55,6 @@ def default_input_size(device: str) -> tuple[int, int]:
     from ..detector import resolve_device
 
     return CPU_INPUT_SIZE if resolve_device(device).type == "cpu" else GPU_INPUT_SIZE
-
-
-def _default_params_file() -> Path:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory("centernet_ros")) / "config" / "demo.yaml"
-        if installed.is_file():
-            return installed
-    except Exception:  # not installed through ament
-        pass
-    return Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -148,7 +137,7 @@ or written, 2 on bad options."""
     input_size = list(args.input_size or default_input_size(str(device)))
     video_path = args.video or default_video_path()
     weights = args.weights or default_weights_path()
-    params_file = args.params_file or _default_params_file()
+    params_file = args.params_file or package_file("config", "demo.yaml")
     if not Path(video_path).is_file():
         print(f"centernet-demo: video file not found: '{video_path}'", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ through the *writer's* shared-memory segment.  ``python -m centernet_ros.ros.fas
 (``export FASTDDS_DEFAULT_PROFILES_FILE=$(python -m centernet_ros.ros.fastdds)``).  Nothing here imports rclpy.
 
 Who applies it: detect.launch.py and demo.launch.py give it to the processes they start (launch argument
-``fastdds_profile``, :func:`launch_profile_env`), ``centernet-demo`` to itself (:func:`apply_fastdds_profile`).
+``fastdds_profile``, :func:`launch_argument_env`), ``centernet-demo`` to itself (:func:`apply_fastdds_profile`).
 ``centernet-detector`` started on its own does not set it: it reads camera frames (the writer's segment
 is what counts) and publishes large samples only when someone watches its annotated images.
 """
@@ -19,29 +19,27 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-__all__ = ["AUTO", "PROFILE_FILE", "PROFILE_VARIABLES", "apply_fastdds_profile", "fastdds_profile_path",
-           "launch_profile_env", "profile_variable", "with_fastdds_profile"]
+from .package_files import package_file
 
-PACKAGE = "centernet_ros"
+__all__ = ["AUTO", "LAUNCH_ARGUMENT_HELP", "PROFILE_FILE", "PROFILE_VARIABLES", "apply_fastdds_profile",
+           "fastdds_profile_path", "launch_argument_env", "launch_profile_env", "profile_variable",
+           "with_fastdds_profile"]
+
 PROFILE_FILE = "fastdds_large_frames.xml"
 # Fast DDS 3 (Jazzy, Kilted) reads the first (the second still works there, with a deprecation warning from
 # rmw_fastrtps in every process), Fast DDS 2.6 (Humble) only the second.
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 AUTO = "auto"  # launch argument fastdds_profile: the project's profile unless the user named one
+LAUNCH_ARGUMENT_HELP = ("Fast DDS XML profile of the started processes: auto = the package's "
+                        "config/fastdds_large_frames.xml (large camera frames between processes) unless "
+                        "FASTDDS_DEFAULT_PROFILES_FILE or FASTRTPS_DEFAULT_PROFILES_FILE is set; a path; '' = none")
 
 
 def fastdds_profile_path() -> Path:
     """``<share>/centernet_ros/config/fastdds_large_frames.xml`` when installed, else the source tree's
-    ``config/`` copy. Raises ``FileNotFoundError`` (quoting the path) when neither exists."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory(PACKAGE)) / "config" / PROFILE_FILE
-        if installed.is_file():
-            return installed
-    except Exception:  # not installed through ament (plain pip / source checkout)
-        pass
-    path = Path(__file__).resolve().parents[2] / "config" / PROFILE_FILE
+    ``config/`` copy (:func:`~centernet_ros.ros.package_files.package_file`). Raises ``FileNotFoundError``
+    (quoting the path) when neither exists."""
+    path = package_file("config", PROFILE_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"Fast DDS profile not found: {path}")
     return path
@@ -94,6 +92,19 @@ def launch_profile_env(choice: str, env: Mapping[str, str] | None = None) -> dic
         raise FileNotFoundError(f"fastdds_profile:={choice!r}: no such file (a Fast DDS XML profile, "
                                 f"'{AUTO}' or '' expected)")
     return {profile_variable(env): str(path.resolve())}
+
+
+def launch_argument_env(context) -> dict[str, str]:
+    """:func:`launch_profile_env` for the launch argument ``fastdds_profile`` of a launch file being run
+    (``context``: launch's ``LaunchContext``; the environment is the launch's own). Raises ``ValueError``
+    quoting the argument when its path is not a file (launch reports it and starts nothing)."""
+    from launch.substitutions import LaunchConfiguration
+
+    choice = LaunchConfiguration("fastdds_profile").perform(context)
+    try:
+        return launch_profile_env(choice, getattr(context, "environment", os.environ))
+    except FileNotFoundError as exc:
+        raise ValueError(f"launch argument {exc}") from None
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from ..decode import DecodeConfig
 from ..detector import BACKENDS, resolve_device
+from .package_files import package_file
 
 __all__ = [
     "NodeSettings", "BatchSettings", "DECODE_DEFAULTS", "DECODE_RENAMED", "STATIC", "BATCH", "DECODE", "RELIABILITY",
@@ -39,7 +40,6 @@ __all__ = [
     "restore_ranges", "coerce_whole_numbers", "read_settings", "read_batch", "read_decode",
 ]
 
-PACKAGE = "centernet_ros"
 DEFAULT_MODEL = "centernet_vehicles.safetensors"
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 # LabelInfo: the last message kept for subscribers that join later
@@ -50,15 +50,7 @@ _TRANSPORTS = ("auto", "raw", "compressed")
 
 def default_weights_path() -> Path:
     """The bundled model: ``<share>/centernet_ros/models/...`` when installed, else the source tree's ``models/``."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory(PACKAGE)) / "models" / DEFAULT_MODEL
-        if installed.is_file():
-            return installed
-    except Exception:  # not installed through ament (plain pip / source checkout)
-        pass
-    return Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL
+    return package_file("models", DEFAULT_MODEL)
 
 
 def _strip_transport(topic: str) -> str:

@@ -26,6 +26,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import Image
 
 from .conversions import bgr_to_image_msg
+from .package_files import package_file
 
 __all__ = ["DEFAULT_VIDEO", "VideoPublisher", "default_video_path", "main"]
 
@@ -34,15 +35,7 @@ DEFAULT_VIDEO = "slow_traffic_small.mp4"
 
 def default_video_path() -> Path:
     """The bundled clip: ``<share>/centernet_ros/models/slow_traffic_small.mp4``, else the source tree's."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory("centernet_ros")) / "models" / DEFAULT_VIDEO
-        if installed.is_file():
-            return installed
-    except Exception:  # not installed through ament
-        pass
-    return Path(__file__).resolve().parents[2] / "models" / DEFAULT_VIDEO
+    return package_file("models", DEFAULT_VIDEO)
 
 
 _PARAMS: dict[str, tuple[Any, str]] = {
