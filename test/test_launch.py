@@ -90,7 +90,7 @@ def test_demo_launch_runs_to_its_end(cli):
 
 @pytest.mark.parametrize("during, group", [("imports", True), ("activation", False)])
 def test_ctrl_c_during_start_up_ends_cleanly(cli, during, group):
-    for attempt in range(3):  # again only when asyncio lost the node's exit status (ASYNCIO_UNKNOWN_CHILD)
+    for _ in range(3):  # again only when asyncio lost the node's exit status (ASYNCIO_UNKNOWN_CHILD)
         launch = cli.start("launch", "centernet_ros", "detect.launch.py", *FAST)
         if during == "imports":  # torch, rclpy, ...: seconds, right after the executable installed its handlers
             wait_until_handled(launch.popen.pid)

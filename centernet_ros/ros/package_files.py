@@ -1,8 +1,8 @@
-"""Where the package's data files are (``config/``, ``models/``, ``launch/``): under its ament share directory
+"""Where the package's data files are (``config/``, ``models/``): under its ament share directory
 when installed with colcon, else in the source tree this module belongs to (``pip install -e .`` / a checkout).
 
-Used by the launch files (default parameter files), ``centernet-demo`` and the Fast DDS profile lookup.
-Nothing here imports rclpy.
+Used by the launch files and ``centernet-demo`` (default parameter files), the node (the bundled model), the
+video publisher (the bundled clip) and the Fast DDS profile lookup. Nothing here imports rclpy.
 """
 from __future__ import annotations
 
