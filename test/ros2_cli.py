@@ -162,7 +162,8 @@ LAUNCH_SIGINT_RACE = ("Task was destroyed but it is pending!", "coro=<LaunchServ
 # asyncio's ThreadedChildWatcher (Python 3.11) could not waitpid() a child that something else in launch's process
 # had already reaped; it then reports exit status 255 for it, so launch prints "process has died ... exit code 255"
 # whatever the child's real status was. Seen once in CI (2026-12-01) on a Ctrl-C during the node's imports, not in
-# the 8 reruns after it. The run says nothing about the node, so a test that meets it runs its scenario again (ASYNCIO_UNKNOWN_CHILD in its output).
+# the 8 reruns after it. The run says nothing about the node, so a test that meets it runs its scenario again
+# (ASYNCIO_UNKNOWN_CHILD in its output).
 ASYNCIO_UNKNOWN_CHILD = "will report returncode 255"
 
 
