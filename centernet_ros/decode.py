@@ -14,7 +14,9 @@ Test procedure of "CenterNet: Keypoint Triplets for Object Detection" (Duan et a
    (area <= ``small_area``) or ``n_large``; keep a box only if a top-K centre keypoint of the same
    class lies strictly inside; score = (tl + br + best matching centre) / 3  (mode "triplet");
    with ``exclusive_centres`` (ours, not in the paper) a centre keypoint does not confirm a box when it
-   also confirms a better-scoring box nested inside it (see :class:`DecodeConfig`);
+   also confirms a better-scoring box nested inside it; with ``size_ratio`` and a model that has the
+   centre size head (``ct_size``, ours) a centre confirms only a box of about its predicted size (see
+   :class:`DecodeConfig`);
 4. score threshold, per-class soft / hard / no NMS, best ``max_per_image``;
 5. undo the letterbox (``orig = (input_px - offset) / scale``) and clip to the original image.
 
@@ -92,6 +94,7 @@ class DecodeConfig:
     n_small: int = 3  # central-region scale n for small boxes
     n_large: int = 5  # central-region scale n for large boxes
     exclusive_centres: bool = True  # a centre confirming a better nested box does not confirm this one (not in the paper)
+    size_ratio: float = 2.0  # box w, h within this factor of the centre's predicted size (ct_size models); 0 = off
     score_threshold: float = 0.0  # detections need score > this (the ROS node applies its own)
     nms: str = "soft"  # "soft" (Gaussian soft-NMS), "soft_linear", "hard" or "none"
     nms_sigma: float = 0.5  # Gaussian soft-NMS: score *= exp(-iou^2 / sigma)
@@ -115,6 +118,8 @@ class DecodeConfig:
             raise ValueError(f"small_area must be >= 0, got {self.small_area!r}")
         if not 0.0 <= self.score_threshold < 1.0:
             raise ValueError(f"score_threshold must be in [0, 1), got {self.score_threshold!r}")
+        if isinstance(self.size_ratio, bool) or not (self.size_ratio == 0 or self.size_ratio >= 1):
+            raise ValueError(f"size_ratio must be 0 (off) or >= 1, got {self.size_ratio!r}")
         if not isinstance(self.exclusive_centres, bool):
             raise ValueError(f"exclusive_centres must be a bool, got {self.exclusive_centres!r}")
         if not isinstance(self.flip_test, bool):
@@ -204,7 +209,8 @@ def decode(
     Args:
         outputs: ``tl_heat``, ``br_heat`` ``Tensor[B, C, H, W]`` logits, ``tl_tag``, ``br_tag``
             ``Tensor[B, 1, H, W]``, ``tl_regr``, ``br_regr`` ``Tensor[B, 2, H, W]`` (x, y); for
-            mode "triplet" also ``ct_heat`` and ``ct_regr``.  Any float dtype (cast to float32).
+            mode "triplet" also ``ct_heat`` and ``ct_regr``, and optionally ``ct_size`` ``Tensor[B, 2, H, W]``
+            (log width, height in map cells; used by ``cfg.size_ratio``).  Any float dtype (cast to float32).
             With ``cfg.flip_test`` the batch is ``2B``: B images, then the same B flipped left-right.
         cfg: :class:`DecodeConfig` (default: paper settings).
         scale: ``Tensor[B]`` letterbox scale; offset: ``Tensor[B, 2]`` (x, y) letterbox padding;
@@ -233,7 +239,10 @@ def decode(
     B, C, H, W = tl_heat.shape
     dev = tl_heat.device
     D = cfg.max_per_image
-    want = {"heat": (B, C, H, W), "tag": (B, 1, H, W), "regr": (B, 2, H, W)}
+    use_size = cfg.mode == "triplet" and cfg.size_ratio > 0 and "ct_size" in outputs
+    if use_size:
+        keys.append("ct_size")
+    want = {"heat": (B, C, H, W), "tag": (B, 1, H, W), "regr": (B, 2, H, W), "size": (B, 2, H, W)}
     for key in keys:
         if tuple(outputs[key].shape) != want[key.split("_")[1]]:
             raise ValueError(f"{key} must have shape {want[key.split('_')[1]]}, got {tuple(outputs[key].shape)}")
@@ -254,26 +263,46 @@ def decode(
     heats, regrs = [outputs[f"{t}_heat"] for t in kinds], [outputs[f"{t}_regr"] for t in kinds]
     kps = _topk_keypoints(heats, regrs, K, cfg.kernel, host=plan == "host")
     tl, br = kps[0], kps[1]
+    ct_range = _size_ranges(outputs["ct_size"], kps[2].pix, cfg) if use_size else None  # (B, K, 4)
     if plan == "host":
         rows = np.arange(B)[:, None]  # (B, 1)
         tl_tag = outputs["tl_tag"].float().numpy().reshape(B, H * W)[rows, tl.pix]  # (B, K)
         br_tag = outputs["br_tag"].float().numpy().reshape(B, H * W)[rows, br.pix]
         host_params = [None if t is None else t.numpy() for t in (scale, offset, orig_size)]
+        ct_range = None if ct_range is None else ct_range.numpy()
     elif plan == "copy":
-        kps, tl_tag, br_tag, host_params = _keypoints_to_host(kps, outputs, scale, offset, orig_size)
+        kps, tl_tag, br_tag, ct_range, host_params = _keypoints_to_host(kps, outputs, ct_range, scale, offset,
+                                                                        orig_size)
     if plan != "device":
-        det = _finish_numpy(_pairs_to_detections_numpy(kps, tl_tag, br_tag, cfg), *host_params)
+        det = _finish_numpy(_pairs_to_detections_numpy(kps, tl_tag, br_tag, cfg, ct_range), *host_params)
         return det if host_ok or dev.type == "cpu" else Detections(*(t.to(dev) for t in det))
     else:
         tl_tag = outputs["tl_tag"].reshape(B, H * W).gather(1, tl.pix)  # (B, K)
         br_tag = outputs["br_tag"].reshape(B, H * W).gather(1, br.pix)
         if tl_tag.dtype != torch.float32:
             tl_tag, br_tag = tl_tag.float(), br_tag.float()
-        res = _pairs_to_detections_torch(kps, tl_tag, br_tag, cfg, C)
+        res = _pairs_to_detections_torch(kps, tl_tag, br_tag, cfg, C, ct_range)
         if res is None:
             return _empty(B, D, dev)
         out_boxes, out_scores, out_labels = res
     return _to_original(out_boxes, out_scores, out_labels, scale, offset, orig_size)
+
+
+def _size_ranges(ct_size: Tensor, pix: Tensor | np.ndarray, cfg: DecodeConfig) -> Tensor:
+    """``DecodeConfig.size_ratio``: the box sizes each centre keypoint may confirm.
+
+    ``ct_size`` ``Tensor[B, 2, H, W]`` (log width, height in map cells), ``pix`` ``Tensor[B, K]`` (or
+    numpy) flat indices of the centre keypoints -> float32 ``Tensor[B, K, 4]`` (w_min, w_max, h_min,
+    h_max) in network-input pixels, on ``ct_size``'s device.  Computed once here for every decode plan,
+    so the tensor and numpy pairing compare the same numbers."""
+    B, _, H, W = ct_size.shape
+    pix = torch.as_tensor(pix, device=ct_size.device)
+    K = pix.shape[1]
+    log_wh = ct_size.reshape(B, 2, H * W).gather(2, pix.unsqueeze(1).expand(B, 2, K)).float()  # (B, 2, K)
+    wh = log_wh.transpose(1, 2).exp() * float(cfg.stride)  # (B, K, 2) predicted w, h, input pixels
+    r = float(cfg.size_ratio)
+    lo, hi = wh / r, wh * r  # (B, K, 2) each
+    return torch.stack([lo[..., 0], hi[..., 0], lo[..., 1], hi[..., 1]], -1)  # (B, K, 4)
 
 
 def flip_test_batch(x: Tensor) -> Tensor:

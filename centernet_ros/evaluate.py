@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--exclusive-centres", action=argparse.BooleanOptionalAction, default=DecodeConfig.exclusive_centres,
                    help="a centre keypoint confirming a better nested box does not confirm the outer one "
                    "(--no-exclusive-centres: the paper's rule)")
+    d.add_argument("--size-ratio", type=float, default=DecodeConfig.size_ratio,
+                   help="models with a centre size head: a centre keypoint confirms a box only if the box's width "
+                   "and height are within this factor of its predicted size (0: off)")
     d.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=DecodeConfig.flip_test,
                    help="also run each image flipped left-right and merge both views' boxes (the paper's "
                    "single-scale test; twice the forward-pass work)")
@@ -261,6 +264,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> EvalConfig:
         ae_threshold=a.ae_threshold,
         nms=a.nms,
         exclusive_centres=a.exclusive_centres,
+        size_ratio=a.size_ratio,
         flip_test=a.flip_test,
         max_per_image=a.max_per_image,
         score_threshold=a.score_threshold,

@@ -14,7 +14,8 @@ again whenever the weights change: the file records the weights' SHA-256 and the
 stale one.
 
 The exported graphs take ``images`` Tensor[B, 3, H, W] (RGB, ImageNet-normalised, see
-``preprocess``) and return the eight heads in ``model.OUTPUT_NAMES`` order; decoding stays in
+``preprocess``) and return the heads in ``CenterNetTriplet.output_names`` order (``model.OUTPUT_NAMES``,
+then ``ct_size`` for a model with the centre size head); decoding stays in
 ``decode.decode`` (batched tensor ops) so every runtime shares one decoder. The batch dimension is
 dynamic in ONNX; H and W are fixed to the stored input size.
 
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .model import OUTPUT_NAMES, CenterNetTriplet
+from .model import CenterNetTriplet
 
 __all__ = ["ExportConfig", "export_onnx", "export_torchscript", "main", "onnx_bytes"]
 
@@ -79,7 +80,7 @@ def _metadata(model: CenterNetTriplet, input_size: tuple[int, int], class_names:
     return {
         "class_names": json.dumps(list(class_names)),
         "input_size": json.dumps(list(input_size)),
-        "output_names": json.dumps(list(OUTPUT_NAMES)),
+        "output_names": json.dumps(list(model.output_names)),
         "model_config": model.cfg.to_json(),
     }
 
@@ -91,7 +92,7 @@ class _TupleModel(torch.nn.Module):
 
     def forward(self, images: torch.Tensor):
         out = self.model(images)
-        return tuple(out[k] for k in OUTPUT_NAMES)
+        return tuple(out[k] for k in self.model.output_names)
 
 
 def _prepare(model: CenterNetTriplet, path, input_size, batch_size) -> tuple[Path | None, _TupleModel, torch.Tensor]:
@@ -120,8 +121,8 @@ def onnx_bytes(model: CenterNetTriplet, *, input_size: tuple[int, int], batch_si
             (example,),
             buf,
             input_names=["images"],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={"images": {0: "batch"}, **{k: {0: "batch"} for k in OUTPUT_NAMES}},
+            output_names=list(model.output_names),
+            dynamic_axes={"images": {0: "batch"}, **{k: {0: "batch"} for k in model.output_names}},
             opset_version=opset,
             dynamo=False,
         )

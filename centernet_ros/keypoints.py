@@ -297,17 +297,20 @@ def _assemble_keypoints_numpy(
 
 
 def _keypoints_to_host(
-    kps: list[_Keypoints], outputs: Mapping[str, Tensor], scale: Tensor | None, offset: Tensor | None,
-    orig_size: Tensor | None,
-) -> tuple[list[_Keypoints], np.ndarray, np.ndarray, list[np.ndarray | None]]:
-    """Plan "copy": device keypoints ``[B, K]`` of each map, their corner tags and the letterbox
-    parameters -> numpy, in one device -> host copy (one float32 ``Tensor[B, F]``; labels and the
-    parameters are exact in float32).  Returns the keypoints (``pix`` dropped: the tags are gathered
-    already), tl / br tags ``ndarray[B, K]`` and [scale, offset, orig_size] (None where not given)."""
+    kps: list[_Keypoints], outputs: Mapping[str, Tensor], ct_range: Tensor | None, scale: Tensor | None,
+    offset: Tensor | None, orig_size: Tensor | None,
+) -> tuple[list[_Keypoints], np.ndarray, np.ndarray, np.ndarray | None, list[np.ndarray | None]]:
+    """Plan "copy": device keypoints ``[B, K]`` of each map, their corner tags, the centres' size ranges
+    ``Tensor[B, K, 4]`` (or None) and the letterbox parameters -> numpy, in one device -> host copy (one
+    float32 ``Tensor[B, F]``; labels and the parameters are exact in float32).  Returns the keypoints
+    (``pix`` dropped: the tags are gathered already), tl / br tags ``ndarray[B, K]``, the size ranges
+    ``ndarray[B, K, 4]`` (or None) and [scale, offset, orig_size] (None where not given)."""
     B, K = kps[0].scores.shape
     H, W = outputs["tl_tag"].shape[-2:]
     tags = [outputs[f"{t}_tag"].reshape(B, H * W).gather(1, kp.pix).float() for t, kp in zip(("tl", "br"), kps)]
     cols = [t for kp in kps for t in (kp.scores, kp.labels.float(), kp.xy[..., 0], kp.xy[..., 1])] + tags  # (B, K) each
+    if ct_range is not None:
+        cols.append(ct_range.reshape(B, 4 * K))
     specs = ((scale, 1), (offset, 2), (orig_size, 2))  # (tensor or None, columns)
     cols += [t.reshape(B, w).float() for t, w in specs if t is not None]
     packed = torch.cat(cols, 1).cpu().numpy()  # (B, F): the one copy (and sync)
@@ -318,6 +321,10 @@ def _keypoints_to_host(
     at = 4 * len(kps) * K
     tl_tag, br_tag = packed[:, at : at + K], packed[:, at + K : at + 2 * K]
     at += 2 * K
+    host_range = None
+    if ct_range is not None:
+        host_range = packed[:, at : at + 4 * K].reshape(B, K, 4)
+        at += 4 * K
     out: list[np.ndarray | None] = []
     for t, w in specs:
         if t is None:
@@ -325,4 +332,4 @@ def _keypoints_to_host(
             continue
         out.append(packed[:, at : at + w].reshape(t.shape))
         at += w
-    return host, tl_tag, br_tag, out
+    return host, tl_tag, br_tag, host_range, out

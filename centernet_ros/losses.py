@@ -7,7 +7,9 @@ CenterNet: Keypoint Triplets, ICCV 2019):
 
 * a penalty-reduced focal loss on the top-left, bottom-right and center heatmaps,
 * an associative-embedding "pull"/"push" loss on the top-left / bottom-right tags,
-* a smooth-L1 loss on the sub-pixel offsets of the three keypoints.
+* a smooth-L1 loss on the sub-pixel offsets of the three keypoints,
+* with a centre size head (``ct_size``, not in the paper): an L1 loss on the log box width and height
+  at the centres, as "Objects as Points" (Zhou et al., 2019) regresses sizes (there in pixels).
 
 Model outputs follow ``docs/architecture.md`` (``*_heat`` are logits ``Tensor[B, C, H, W]``,
 ``*_tag`` are ``Tensor[B, 1, H, W]``, ``*_regr`` are ``Tensor[B, 2, H, W]``); targets are the dict
@@ -29,6 +31,7 @@ __all__ = [
     "focal_loss",
     "ae_loss",
     "regr_loss",
+    "size_loss",
     "gather_feature",
 ]
 
@@ -45,6 +48,7 @@ class LossConfig:
     push_weight: float = 0.1  # weight of the embedding push term
     push_margin: float = 1.0  # Delta in max(0, Delta - |e_k - e_j|)
     regr_weight: float = 1.0  # weight of the smooth-L1 offset term (sum over the three heads)
+    size_weight: float = 0.1  # weight of the L1 log-size term (models with a ct_size output only)
     tl_heat_weight: float = 1.0  # weight of the top-left heatmap focal loss
     br_heat_weight: float = 1.0  # weight of the bottom-right heatmap focal loss
     ct_heat_weight: float = 1.0  # weight of the center heatmap focal loss
@@ -56,6 +60,7 @@ class LossConfig:
             "pull_weight",
             "push_weight",
             "regr_weight",
+            "size_weight",
             "tl_heat_weight",
             "br_heat_weight",
             "ct_heat_weight",
@@ -200,6 +205,24 @@ def regr_loss(regr: Tensor, gt_regr: Tensor, inds: Tensor, mask: Tensor) -> Tens
     return per.sum() / mf.sum().clamp(min=1.0)
 
 
+def size_loss(size: Tensor, gt_size: Tensor, inds: Tensor, mask: Tensor) -> Tensor:
+    """L1 loss on the log box size at the centres, summed over width and height and divided by the
+    number of objects in the batch (0 when there is none).
+
+    Args:
+        size: ``Tensor[B, 2, H, W]`` predicted log width and height (map cells).
+        gt_size: ``Tensor[B, M, 2]`` targets (``targets.build_image_targets``' ``ct_size``).
+        inds: ``Tensor[B, M]`` long flat indices of the centres.
+        mask: ``Tensor[B, M]`` bool.
+    Returns:
+        float32 ``Tensor[]``.
+    """
+    pred = gather_feature(size.float(), inds)  # (B, M, 2)
+    gt = gt_size.to(device=pred.device, dtype=torch.float32)
+    mf = mask.to(device=pred.device, dtype=torch.float32).unsqueeze(2)  # (B, M, 1)
+    return ((pred - gt).abs() * mf).sum() / mf.sum().clamp(min=1.0)
+
+
 class CenterNetLoss(torch.nn.Module):
     """Total training loss of the keypoint-triplet detector.
 
@@ -211,7 +234,9 @@ class CenterNetLoss(torch.nn.Module):
         focal = sum_h w_h * focal_loss(outputs[h_heat], targets[h_heat])   h in tl, br, ct
         pull, push = pull_weight, push_weight * ae_loss(tl_tag, br_tag, ...)
         regr = regr_weight * sum_h regr_loss(outputs[h_regr], targets[h_regr], ...)
+               + size_weight * size_loss(outputs[ct_size], targets[ct_size], ...)   (with a ct_size output)
 
+    ``terms`` also holds ``size`` (the weighted size part of ``regr``; 0 without a ct_size output).
     Targets are moved to the outputs' device if needed.
     """
 
@@ -249,12 +274,17 @@ class CenterNetLoss(torch.nn.Module):
         pull = cfg.pull_weight * pull
         push = cfg.push_weight * push
         regr = cfg.regr_weight * regr
+        size = torch.zeros((), device=device)
+        if "ct_size" in outputs:
+            size = cfg.size_weight * size_loss(outputs["ct_size"], tg["ct_size"], tg["ct_inds"], mask)
+            regr = regr + size
         total = focal + pull + push + regr
         terms = {
             "focal": focal.detach(),
             "pull": pull.detach(),
             "push": push.detach(),
             "regr": regr.detach(),
+            "size": size.detach(),
             "total": total.detach(),
         }
         return total, terms

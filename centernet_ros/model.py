@@ -7,7 +7,13 @@ Layout (all at output stride 4 after the neck):
     ResNet-18 -> [C2, C3, C4, C5] -> top-down neck (1x1 laterals, x2 upsampling, 3x3 smoothing) -> F
     F -> cascade corner pooling (top+left)     -> tl head -> tl_heat, tl_tag, tl_regr
     F -> cascade corner pooling (bottom+right) -> br head -> br_heat, br_tag, br_regr
-    F -> center pooling (row max + column max) -> ct head -> ct_heat, ct_regr
+    F -> center pooling (row max + column max) -> ct head -> ct_heat, ct_regr[, ct_size]
+
+``ct_size`` (``ModelConfig.center_size``, not in the paper): the centre head also regresses the log of
+its object's width and height, as "Objects as Points" (Zhou et al., 2019) does at centres. The decoder
+uses it to check that a centre keypoint confirms only a box of its object's size
+(``DecodeConfig.size_check``): a pair of one car's top-left and another's bottom-right corner (a "group
+box") no longer passes on the centre of a third car between them.
 
 Why the default widths (``head_width=64``, ``pool_width=32``): at 512x512 the maps are 128x128, where
 one 3x3 convolution of width w costs 128*128*9*w*w MACs. The paper's 256-wide modules (128-wide pool
@@ -30,10 +36,14 @@ from torch import Tensor, nn
 from .backbone import ResNet18, load_torchvision_checkpoint
 from .corner_pool import bottom_pool, col_max, left_pool, right_pool, row_max, top_pool
 
-__all__ = ["ModelConfig", "CenterNetTriplet", "centernet_resnet18", "OUTPUT_NAMES", "HEAT_BIAS"]
+__all__ = ["ModelConfig", "CenterNetTriplet", "centernet_resnet18", "OUTPUT_NAMES", "SIZE_NAME", "HEAT_BIAS"]
 
 # Order of the heads when the model returns a tuple (ONNX / TorchScript export).
 OUTPUT_NAMES = ("tl_heat", "br_heat", "ct_heat", "tl_tag", "br_tag", "tl_regr", "br_regr", "ct_regr")
+# The ninth output of a model with ``ModelConfig.center_size`` (after OUTPUT_NAMES).
+SIZE_NAME = "ct_size"
+# Initial bias of the size head: log(8) map cells (32 input px), a middling object.
+SIZE_BIAS = 2.08
 # Focal-loss prior: sigmoid(-2.19) ~= 0.1, so training starts with few confident false positives.
 HEAT_BIAS = -2.19
 
@@ -46,12 +56,16 @@ class ModelConfig:
     cascade: bool = True  # cascade corner pooling (paper); False = plain CornerNet corner pooling
     center_pooling: bool = True  # center pooling module before the center head (paper)
     stride: int = 4  # output stride; fixed by the neck (informational, validated)
+    center_size: bool = False  # centre head also outputs ct_size (log box w, h in map cells); not in the paper
 
     def __post_init__(self) -> None:
         for name in ("num_classes", "head_width", "pool_width"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("cascade", "center_pooling", "center_size"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.stride != 4:
             raise ValueError(f"stride must be 4 (the neck upsamples to stride 4), got {self.stride!r}")
 
@@ -151,19 +165,25 @@ class CenterPool(nn.Module):
 
 
 class KeypointHead(nn.Module):
-    """Shared 3x3 conv, then 1x1 outputs: heat (C, bias -2.19), optional tag (1) and regr (2)."""
+    """Shared 3x3 conv, then 1x1 outputs: heat (C, bias -2.19), optional tag (1), regr (2) and
+    optional size (2: log w, log h in map cells, bias log 8)."""
 
-    def __init__(self, width: int, num_classes: int, *, with_tag: bool) -> None:
+    def __init__(self, width: int, num_classes: int, *, with_tag: bool, with_size: bool = False) -> None:
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
         self.heat = nn.Conv2d(width, num_classes, 1)
         self.tag = nn.Conv2d(width, 1, 1) if with_tag else None
         self.regr = nn.Conv2d(width, 2, 1)
         nn.init.constant_(self.heat.bias, HEAT_BIAS)
+        self.size = nn.Conv2d(width, 2, 1) if with_size else None
+        if self.size is not None:
+            nn.init.constant_(self.size.bias, SIZE_BIAS)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
         y = self.conv(x)
-        return self.heat(y), (self.tag(y) if self.tag is not None else None), self.regr(y)
+        tag = self.tag(y) if self.tag is not None else None
+        size = self.size(y) if self.size is not None else None
+        return self.heat(y), tag, self.regr(y), size
 
 
 class CenterNetTriplet(nn.Module):
@@ -171,8 +191,9 @@ class CenterNetTriplet(nn.Module):
 
     ``forward(x: Tensor[B, 3, Hin, Win]) -> dict`` with ``tl_heat``/``br_heat``/``ct_heat``
     Tensor[B, C, H, W] logits, ``tl_tag``/``br_tag`` Tensor[B, 1, H, W], ``tl_regr``/``br_regr``/``ct_regr``
-    Tensor[B, 2, H, W] where H = Hin / 4, W = Win / 4. Hin and Win must be multiples of 32.
-    Set ``return_tuple = True`` to get the heads as a tuple in ``OUTPUT_NAMES`` order (export).
+    Tensor[B, 2, H, W] where H = Hin / 4, W = Win / 4, and with ``cfg.center_size`` also ``ct_size``
+    Tensor[B, 2, H, W] (log of the box width and height in map cells, at the centre). Hin and Win must be
+    multiples of 32. Set ``return_tuple = True`` to get the heads as a tuple in ``output_names`` order (export).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -186,12 +207,17 @@ class CenterNetTriplet(nn.Module):
         self.ct_pool = CenterPool(w, pw) if cfg.center_pooling else nn.Identity()
         self.tl_head = KeypointHead(w, cfg.num_classes, with_tag=True)
         self.br_head = KeypointHead(w, cfg.num_classes, with_tag=True)
-        self.ct_head = KeypointHead(w, cfg.num_classes, with_tag=False)
+        self.ct_head = KeypointHead(w, cfg.num_classes, with_tag=False, with_size=cfg.center_size)
         self.return_tuple = False
 
     @property
     def num_classes(self) -> int:
         return self.cfg.num_classes
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The heads in tuple order: ``OUTPUT_NAMES``, then ``SIZE_NAME`` with ``cfg.center_size``."""
+        return OUTPUT_NAMES + ((SIZE_NAME,) if self.cfg.center_size else ())
 
     def forward(self, x: Tensor):
         if x.dim() != 4 or x.shape[1] != 3:
@@ -199,13 +225,15 @@ class CenterNetTriplet(nn.Module):
         if not torch.jit.is_tracing() and (x.shape[2] % 32 or x.shape[3] % 32):
             raise ValueError(f"input height and width must be multiples of 32, got {tuple(x.shape[2:])}")
         f = self.neck(self.backbone(x))
-        tl_heat, tl_tag, tl_regr = self.tl_head(self.tl_pool(f))
-        br_heat, br_tag, br_regr = self.br_head(self.br_pool(f))
-        ct_heat, _, ct_regr = self.ct_head(self.ct_pool(f))
+        tl_heat, tl_tag, tl_regr, _ = self.tl_head(self.tl_pool(f))
+        br_heat, br_tag, br_regr, _ = self.br_head(self.br_pool(f))
+        ct_heat, _, ct_regr, ct_size = self.ct_head(self.ct_pool(f))
         out = (tl_heat, br_heat, ct_heat, tl_tag, br_tag, tl_regr, br_regr, ct_regr)
+        if ct_size is not None:
+            out += (ct_size,)
         if self.return_tuple:
             return out
-        return dict(zip(OUTPUT_NAMES, out))
+        return dict(zip(self.output_names, out))
 
 
 def centernet_resnet18(
@@ -217,12 +245,15 @@ def centernet_resnet18(
     pool_width: int = 32,
     cascade: bool = True,
     center_pooling: bool = True,
+    center_size: bool = False,
 ) -> CenterNetTriplet:
     """Build the triplet CenterNet.
 
     ``weights``: a full-model checkpoint: a ``.safetensors`` file written by ``weights.save_model`` (its
     stored config must match ``num_classes``), or a torchvision ``resnet18`` checkpoint (``.pth``), which
     initialises the backbone only. ``backbone_weights``: explicitly a torchvision ``resnet18`` checkpoint.
+    ``center_size``: add the centre size head (``ModelConfig.center_size``); a ``weights`` file without it
+    initialises everything else and the size head starts fresh (fine-tuning an older model).
     """
     model = CenterNetTriplet(
         ModelConfig(
@@ -231,6 +262,7 @@ def centernet_resnet18(
             pool_width=pool_width,
             cascade=cascade,
             center_pooling=center_pooling,
+            center_size=center_size,
         )
     )
     if backbone_weights is not None:
@@ -240,7 +272,7 @@ def centernet_resnet18(
         if path.suffix == ".safetensors":
             from .weights import load_state_into
 
-            load_state_into(model, path)
+            load_state_into(model, path, allow_missing=("ct_head.size.",) if center_size else ())
         else:
             load_torchvision_checkpoint(model.backbone, path)
     return model

@@ -29,11 +29,13 @@ _NMS_METHOD = {"soft": "gaussian", "soft_linear": "linear", "hard": "hard"}
 
 
 def _pairs_to_detections_torch(
-    kps: list[_Keypoints], tl_tag: Tensor, br_tag: Tensor, cfg: DecodeConfig, C: int
+    kps: list[_Keypoints], tl_tag: Tensor, br_tag: Tensor, cfg: DecodeConfig, C: int,
+    ct_range: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     """Pairs, centre check and NMS as batched tensor ops (CUDA, or ``host_sync=False``): keypoints
     of ``Tensor[B, K]`` -> boxes ``Tensor[B, D, 4]`` (network-input px), scores and labels ``Tensor[B, D]``
-    (invalid rows: label -1); None when no image has a valid pair."""
+    (invalid rows: label -1); None when no image has a valid pair.  ``ct_range`` ``Tensor[B, K, 4]``
+    (``decode._size_ranges``) or None: the box sizes each centre keypoint may confirm."""
     tl, br = kps[0], kps[1]
     B, K = tl.scores.shape
     dev = tl.scores.device
@@ -105,6 +107,11 @@ def _pairs_to_detections_torch(
         torch.minimum(margin, cy - ctl[..., 1:2], out=margin)
         torch.minimum(margin, cbr[..., 1:2] - cy, out=margin)
         inside = margin.sign_().clamp_min_(0.0)  # (B, N, K) 1.0 inside, else 0.0
+        if ct_range is not None:  # DecodeConfig.size_ratio: the box's size is the centre's (inclusive)
+            bw, bh = wh[..., 0].unsqueeze(2), wh[..., 1].unsqueeze(2)  # (B, N, 1)
+            lo_w, hi_w, lo_h, hi_h = (ct_range[..., i].unsqueeze(1) for i in range(4))  # (B, 1, K)
+            fits = (bw >= lo_w) & (bw <= hi_w) & (bh >= lo_h) & (bh <= hi_h)  # (B, N, K)
+            inside.mul_(fits.float())
         # score of each centre keypoint in its class row (fillers: score 0): (B, C, K)
         by_class = torch.zeros(B, C, K, device=dev).scatter_(
             1, ct.labels.clamp_min(0).unsqueeze(1), ct.scores.unsqueeze(1)
@@ -177,7 +184,8 @@ def _exclusive_centres_numpy(boxes: np.ndarray, score: np.ndarray, hit: np.ndarr
 
 
 def _pairs_to_detections_numpy(
-    kps: list[_Keypoints], tl_tag: np.ndarray, br_tag: np.ndarray, cfg: DecodeConfig
+    kps: list[_Keypoints], tl_tag: np.ndarray, br_tag: np.ndarray, cfg: DecodeConfig,
+    ct_range: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_pairs_to_detections_torch` for CPU with ``host_sync``: per image in numpy, on keypoints
     of numpy arrays ``ndarray[B, K]`` (``keypoints._topk_keypoints(..., host=True)``) and tags
@@ -187,6 +195,7 @@ def _pairs_to_detections_numpy(
     a few hundred NMS candidates at most), where a torch op costs 2-5 us of dispatch against ~1 us
     for numpy.  The same float32 operations in the same order as the tensor path, so the results are
     bit-identical (``test_decode.py`` checks it); invalid pairs are dropped instead of masked.
+    ``ct_range`` ``ndarray[B, K, 4]`` or None: the box sizes each centre keypoint may confirm.
     Returns boxes ``ndarray[B, D, 4]`` (network-input px), scores ``ndarray[B, D]``, labels
     ``ndarray[B, D]`` int64 (invalid rows: zeros, label -1).
     """
@@ -238,6 +247,10 @@ def _pairs_to_detections_numpy(
             hit &= cx < cbr[:, 0:1]
             hit &= cy > ctl[:, 1:2]
             hit &= cy < cbr[:, 1:2]
+            if ct_range is not None:  # DecodeConfig.size_ratio (inclusive)
+                bw, bh = wh[:, 0:1], wh[:, 1:2]  # (N, 1)
+                lo_w, hi_w, lo_h, hi_h = (ct_range[b, None, :, i] for i in range(4))  # (1, K)
+                hit &= (bw >= lo_w) & (bw <= hi_w) & (bh >= lo_h) & (bh <= hi_h)
             # centre keypoints are sorted by score (descending): the first hit is the best one
             first = hit.argmax(1)  # (N,)
             found = hit[np.arange(len(first)), first]

@@ -107,8 +107,13 @@ def _decode_one(out: dict[str, np.ndarray], cfg: DecodeConfig, b: int):
     pairs = pairs[: cfg.num_dets]
 
     if cfg.mode == "triplet":
-        ct_s, ct_c, ct_x, ct_y, _ = _keypoints(out["ct_heat"][b], out["ct_regr"][b], K, cfg.kernel)
+        ct_s, ct_c, ct_x, ct_y, ct_p = _keypoints(out["ct_heat"][b], out["ct_regr"][b], K, cfg.kernel)
         ct_x, ct_y = ct_x * stride, ct_y * stride
+        sized = cfg.size_ratio > 0 and "ct_size" in out
+        if sized:  # the sizes each centre predicts (input px) and the range of box sizes it confirms
+            ct_w = np.exp(out["ct_size"][b, 0].reshape(-1)[ct_p]) * stride
+            ct_h = np.exp(out["ct_size"][b, 1].reshape(-1)[ct_p]) * stride
+            r = np.float32(cfg.size_ratio)
 
     cands = []  # (box, score, label, centre mask (K,) or None, corner score sum)
     for ps, _, i, j in pairs:
@@ -122,6 +127,9 @@ def _decode_one(out: dict[str, np.ndarray], cfg: DecodeConfig, b: int):
             cbrx = ((n - 1) * x1 + (n + 1) * x2) / (2 * n)
             cbry = ((n - 1) * y1 + (n + 1) * y2) / (2 * n)
             m = (ct_c == tl_c[i]) & (ct_s > 0) & (ct_x > ctlx) & (ct_x < cbrx) & (ct_y > ctly) & (ct_y < cbry)
+            if sized:
+                w, h = x2 - x1, y2 - y1
+                m &= (w >= ct_w / r) & (w <= ct_w * r) & (h >= ct_h / r) & (h <= ct_h * r)
             if not m.any():
                 continue
             score = (tl_s[i] + br_s[j] + ct_s[m].max()) / np.float32(3)

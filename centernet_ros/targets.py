@@ -61,6 +61,7 @@ TARGET_KEYS = (
     "tl_regr",
     "br_regr",
     "ct_regr",
+    "ct_size",
     "mask",
     "ignore",
     "tl_ignore",
@@ -243,9 +244,9 @@ def build_image_targets(
             ``tl_ignore`` / ``br_ignore``; its embedding and offset targets stay (the box is still there).
     Returns:
         dict with ``{tl,br,ct}_heat`` ``Tensor[C, H, W]`` float32, ``{tl,br,ct}_inds``
-        ``Tensor[M]`` long, ``{tl,br,ct}_regr`` ``Tensor[M, 2]`` float32, ``mask``
-        ``Tensor[M]`` bool, ``ignore`` ``Tensor[H, W]`` bool (cells where the focal loss takes no
-        negative term on any head) and ``tl_ignore`` / ``br_ignore`` ``Tensor[H, W]`` bool (the same for
+        ``Tensor[M]`` long, ``{tl,br,ct}_regr`` ``Tensor[M, 2]`` float32, ``ct_size`` ``Tensor[M, 2]``
+        float32 (log of the clipped box width and height in map cells), ``mask`` ``Tensor[M]`` bool,
+        ``ignore`` ``Tensor[H, W]`` bool (cells where the focal loss takes no negative term on any head) and ``tl_ignore`` / ``br_ignore`` ``Tensor[H, W]`` bool (the same for
         one corner head: windows of cut corners), on the device of ``boxes`` (CPU for arrays).
     """
     h, w = (int(v) for v in output_size)
@@ -309,6 +310,9 @@ def build_image_targets(
         regr[:n] = offsets
         out[f"{k}_inds"] = inds
         out[f"{k}_regr"] = regr
+    size = torch.zeros(m, 2, dtype=torch.float32, device=b.device)
+    size[:n] = (pts[:, 2:4] - pts[:, 0:2]).log()  # log(w), log(h) in map cells, for the centre size head
+    out["ct_size"] = size
     mask = torch.zeros(m, dtype=torch.bool, device=b.device)
     mask[:n] = True
     out["mask"] = mask
@@ -321,7 +325,7 @@ def collate_targets(targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
 
     Returns:
         dict with ``*_heat`` ``Tensor[B, C, H, W]``, ``*_inds`` ``Tensor[B, M]``,
-        ``*_regr`` ``Tensor[B, M, 2]``, ``mask`` ``Tensor[B, M]``, ``ignore`` ``Tensor[B, H, W]``.
+        ``*_regr`` and ``ct_size`` ``Tensor[B, M, 2]``, ``mask`` ``Tensor[B, M]``, ``ignore`` ``Tensor[B, H, W]``.
     """
     if len(targets) == 0:
         raise ValueError("collate_targets needs at least one image, got 0")

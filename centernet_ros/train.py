@@ -133,7 +133,7 @@ def train(cfg: TrainConfig) -> dict:
         model = centernet_resnet18(
             num_classes=len(names), weights=None if state is not None else cfg.model.init_weights,
             head_width=cfg.model.head_width, pool_width=cfg.model.pool_width, cascade=cfg.model.cascade,
-            center_pooling=cfg.model.center_pooling,
+            center_pooling=cfg.model.center_pooling, center_size=cfg.model.center_size,
         )
         if state is not None:
             model.load_state_dict(state["model"])
@@ -238,6 +238,8 @@ def train(cfg: TrainConfig) -> dict:
                             raise FloatingPointError(f"loss is not finite at iteration {step}: {vals[0]!r}")
                         text = (f"loss {vals[0]:.3f} focal {vals[1]:.3f} pull {vals[2]:.3f} push {vals[3]:.3f} "
                                 f"regr {vals[4]:.3f} lr {lr:.2e}")
+                        if model.cfg.center_size:  # the size part of regr
+                            text = text.replace(" lr ", f" (size {float(terms['size']):.3f}) lr ")
                         pbar.set_postfix_str(text)
                         if not oc.progress and dist.main:  # a log file instead of a bar: one line per log_every
                             rate = (time.monotonic() - t_log) / max(1, iters_here - it_log)

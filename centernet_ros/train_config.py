@@ -135,6 +135,7 @@ class ModelOptions:
     pool_width: int = 32  # width of the pooling-module branches
     cascade: bool = True  # cascade corner pooling (paper); False: CornerNet corner pooling
     center_pooling: bool = True  # center pooling before the center head (paper)
+    center_size: bool = False  # centre size head (ct_size) for the decoder's size check (not in the paper)
     init_weights: str | None = None  # torchvision resnet18 .pth (backbone only) or a .safetensors model
 
     def __post_init__(self) -> None:

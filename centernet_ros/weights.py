@@ -98,8 +98,12 @@ def read_meta(path: str | Path) -> ModelMeta:
     return ModelMeta(model_config=cfg, class_names=[str(n) for n in names], input_size=size, extra=extra)
 
 
-def load_state_into(model: nn.Module, path: str | Path) -> None:
-    """Load the tensors of ``path`` into ``model`` (strict; dtype converted to the model's)."""
+def load_state_into(model: nn.Module, path: str | Path, *, allow_missing: tuple[str, ...] = ()) -> None:
+    """Load the tensors of ``path`` into ``model`` (strict; dtype converted to the model's).
+
+    ``allow_missing``: key prefixes the file may lack (those tensors keep the model's initial values),
+    e.g. ``("ct_head.size.",)`` to fine-tune an older model with the centre size head added.
+    Raises ``WeightsError`` naming the path and the keys that do not fit."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -110,7 +114,7 @@ def load_state_into(model: nn.Module, path: str | Path) -> None:
     except Exception as exc:
         raise WeightsError(f"cannot read model file '{path}' (corrupt or not safetensors): {exc}") from None
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(allow_missing))
     unexpected = sorted(set(state) - set(own))
     bad = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
     if missing or unexpected or bad:
@@ -119,7 +123,7 @@ def load_state_into(model: nn.Module, path: str | Path) -> None:
             f"shape mismatch {sorted(bad)[:4]}"
         )
     state = {k: v.to(own[k].dtype) for k, v in state.items()}
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not allow_missing)
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[CenterNetTriplet, ModelMeta]:

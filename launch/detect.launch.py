@@ -45,6 +45,8 @@ OVERRIDES = {
     'decode_mode': (str, 'triplet | pairs'),
     'exclusive_centres': (bool, 'a centre keypoint that confirms a better box nested in a box does not confirm '
                                 'that box (false: the paper\'s rule)'),
+    'size_ratio': (float, 'a centre keypoint confirms a box only if its width and height are within this factor of '
+                          'the size the centre predicts (models with ct_size); 0 = off'),
     'flip_test': (bool, 'also run every frame flipped left-right and merge both views (the paper\'s test; '
                         'twice the forward-pass work)'),
     'nms_method': (str, 'soft | soft_linear | hard | none'),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from centernet_ros.losses import CenterNetLoss, LossConfig, ae_loss, focal_loss, gather_feature, regr_loss
+from centernet_ros.losses import CenterNetLoss, LossConfig, ae_loss, focal_loss, gather_feature, regr_loss, size_loss
 
 from devices import DEVICES  # noqa: E402
 
@@ -252,7 +252,8 @@ def test_centernet_loss_combines_terms():
     cfg = LossConfig(pull_weight=0.3, push_weight=0.2, regr_weight=2.0, tl_heat_weight=1.0, br_heat_weight=0.5,
                      ct_heat_weight=2.0)
     total, terms = CenterNetLoss(cfg)(outputs, targets)
-    assert set(terms) == {"focal", "pull", "push", "regr", "total"}
+    assert set(terms) == {"focal", "pull", "push", "regr", "size", "total"}
+    assert terms["size"].item() == 0.0  # no ct_size output
     focal = sum(
         w * focal_reference(outputs[f"{h}_heat"].double().numpy(), targets[f"{h}_heat"].double().numpy())
         for h, w in (("tl", 1.0), ("br", 0.5), ("ct", 2.0))
@@ -269,6 +270,46 @@ def test_centernet_loss_combines_terms():
     assert terms["regr"].item() == pytest.approx(2.0 * regr, rel=1e-5)
     assert total.item() == pytest.approx(focal + 0.3 * pull + 0.2 * push + 2.0 * regr, rel=1e-5)
     assert terms["total"].item() == pytest.approx(total.item())
+
+
+def size_reference(size, gt_size, inds, mask):
+    """Plain loops: mean over objects of |pred - gt| summed over log width and log height."""
+    w = size.shape[3]
+    total, n = 0.0, 0
+    for i in range(size.shape[0]):
+        for k in range(mask.shape[1]):
+            if mask[i, k]:
+                n += 1
+                y, x = int(inds[i, k]) // w, int(inds[i, k]) % w
+                total += sum(abs(float(size[i, c, y, x]) - float(gt_size[i, k, c])) for c in range(2))
+    return total / n if n else 0.0
+
+
+@pytest.mark.parametrize("counts", [(3, 0, 1), (0, 0, 0)])
+def test_size_loss_matches_reference_and_joins_regr(counts):
+    """The centre size head (``ct_size``): an L1 term on log sizes at the centres, weighted into ``regr``."""
+    gen = torch.Generator().manual_seed(3)
+    outputs, targets = random_case(gen, counts=counts)
+    b, m = targets["mask"].shape
+    outputs["ct_size"] = torch.randn(b, 2, 6, 7, generator=gen, requires_grad=True)
+    targets["ct_size"] = torch.randn(b, m, 2, generator=gen)
+    ref = size_reference(outputs["ct_size"].detach(), targets["ct_size"], targets["ct_inds"], targets["mask"])
+    assert size_loss(outputs["ct_size"], targets["ct_size"], targets["ct_inds"], targets["mask"]).item() == \
+        pytest.approx(ref, rel=1e-5, abs=1e-7)
+    without = {k: v for k, v in outputs.items() if k != "ct_size"}
+    _, base = CenterNetLoss(LossConfig(size_weight=0.3))(without, targets)
+    total, terms = CenterNetLoss(LossConfig(size_weight=0.3))(outputs, targets)
+    assert terms["size"].item() == pytest.approx(0.3 * ref, rel=1e-5, abs=1e-7)
+    assert terms["regr"].item() == pytest.approx(base["regr"].item() + 0.3 * ref, rel=1e-5, abs=1e-7)
+    assert total.item() == pytest.approx(base["total"].item() + 0.3 * ref, rel=1e-5, abs=1e-7)
+    total.backward()
+    grad = outputs["ct_size"].grad
+    assert (grad.abs().sum() > 0) == (sum(counts) > 0)  # only the centres' cells get a gradient
+
+
+def test_size_weight_validated():
+    with pytest.raises(ValueError, match="size_weight"):
+        LossConfig(size_weight=-1.0)
 
 
 def test_corner_ignore_maps_act_on_their_head_only():

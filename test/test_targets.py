@@ -52,6 +52,7 @@ def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_ob
     cut = np.zeros((len(np.asarray(labels)), 2), bool) if cut is None else np.asarray(cut, bool).reshape(-1, 2)
     inds = {k: np.zeros(max_objects, dtype=np.int64) for k in ("tl", "br", "ct")}
     regr = {k: np.zeros((max_objects, 2)) for k in ("tl", "br", "ct")}
+    size = np.zeros((max_objects, 2))
     mask = np.zeros(max_objects, dtype=bool)
     n = 0
     for (x1, y1, x2, y2), c, obj_cut in zip(np.asarray(boxes, dtype=np.float64).tolist(), np.asarray(labels).tolist(),
@@ -80,11 +81,13 @@ def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_ob
                         heats[k][c, y, x] = max(heats[k][c, y, x], v)
             inds[k][n] = cy * out_w + cx
             regr[k][n] = (px - cx, py - cy)
+        size[n] = (math.log((x2 - x1) / stride), math.log((y2 - y1) / stride))  # centre size head
         mask[n] = True
         n += 1
     out = {}
     for k in ("tl", "br", "ct"):
         out[f"{k}_heat"], out[f"{k}_inds"], out[f"{k}_regr"] = heats[k], inds[k], regr[k]
+    out["ct_size"] = size
     out["mask"] = mask
     out["ignore"] = reference_ignore(ignore_boxes, out_h, out_w, stride)
     out["tl_ignore"], out["br_ignore"] = corner_ignore["tl"], corner_ignore["br"]
@@ -94,7 +97,7 @@ def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_ob
 def assert_matches_reference(got, ref):
     for k in TARGET_KEYS:
         g = got[k].cpu().numpy()
-        if k.endswith("heat") or k.endswith("regr"):
+        if k.endswith(("heat", "regr", "size")):
             np.testing.assert_allclose(g, ref[k], atol=1e-5, rtol=0, err_msg=k)
         else:
             np.testing.assert_array_equal(g, ref[k], err_msg=k)

@@ -227,6 +227,9 @@ _DESCRIPTIONS = {
     "n_large": "central-region scale n for large boxes",
     "exclusive_centres": "a centre keypoint confirming a better-scoring box nested inside a box does not confirm "
                          "that box too (removes boxes around queues of cars; false = the paper's rule)",
+    "size_ratio": "with a model that predicts object sizes at centres (ct_size): a centre keypoint confirms a box only "
+                  "when the box's width and height are within this factor of its predicted size (removes boxes "
+                  "spanning several objects); 0 = off, else >= 1",
     "flip_test": "also run each frame flipped left-right and merge both views' boxes (the paper's single-scale "
                  "test: more recall, twice the forward-pass work and GPU memory; with compile, switching it on "
                  "captures new CUDA graphs on the next batches)",
@@ -255,6 +258,7 @@ _RANGES: dict[str, tuple] = {
     "small_area": (0.0, math.inf),
     "n_small": (1, _INT_MAX),
     "n_large": (1, _INT_MAX),
+    "size_ratio": (0.0, math.inf),  # 0 (off) or >= 1: DecodeConfig says which values between are bad
     "nms_sigma": (0.0, math.inf),
     "nms_iou": (0.0, 1.0),
     "max_detections": (1, _INT_MAX),
