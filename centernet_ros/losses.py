@@ -276,7 +276,8 @@ class CenterNetLoss(torch.nn.Module):
         regr = cfg.regr_weight * regr
         size = torch.zeros((), device=device)
         if "ct_size" in outputs:
-            size = cfg.size_weight * size_loss(outputs["ct_size"], tg["ct_size"], tg["ct_inds"], mask)
+            size_mask = tg.get("size_mask", mask)  # objects cut by the crop: their clipped size is not theirs
+            size = cfg.size_weight * size_loss(outputs["ct_size"], tg["ct_size"], tg["ct_inds"], size_mask)
             regr = regr + size
         total = focal + pull + push + regr
         terms = {

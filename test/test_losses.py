@@ -307,6 +307,23 @@ def test_size_loss_matches_reference_and_joins_regr(counts):
     assert (grad.abs().sum() > 0) == (sum(counts) > 0)  # only the centres' cells get a gradient
 
 
+def test_size_mask_leaves_out_objects_cut_by_the_crop():
+    """``targets['size_mask']`` (objects the crop did not cut) selects the objects of the size term."""
+    gen = torch.Generator().manual_seed(4)
+    outputs, targets = random_case(gen, counts=(3, 0, 1))
+    b, m = targets["mask"].shape
+    outputs["ct_size"] = torch.randn(b, 2, 6, 7, generator=gen)
+    targets["ct_size"] = torch.randn(b, m, 2, generator=gen)
+    some = targets["mask"].clone()
+    some[0, 1] = False  # one object of image 0 was cut
+    targets["size_mask"] = some
+    _, terms = CenterNetLoss(LossConfig(size_weight=1.0))(outputs, targets)
+    ref = size_reference(outputs["ct_size"], targets["ct_size"], targets["ct_inds"], some)
+    assert terms["size"].item() == pytest.approx(ref, rel=1e-5)
+    targets["size_mask"] = torch.zeros_like(some)
+    assert CenterNetLoss()(outputs, targets)[1]["size"].item() == 0.0
+
+
 def test_size_weight_validated():
     with pytest.raises(ValueError, match="size_weight"):
         LossConfig(size_weight=-1.0)
