@@ -9,7 +9,8 @@ CenterNet: Keypoint Triplets, ICCV 2019):
 * an associative-embedding "pull"/"push" loss on the top-left / bottom-right tags,
 * a smooth-L1 loss on the sub-pixel offsets of the three keypoints,
 * with a centre size head (``ct_size``, not in the paper): an L1 loss on the log box width and height
-  at the centres, as "Objects as Points" (Zhou et al., 2019) regresses sizes (there in pixels).
+  at the centres, as "Objects as Points" (Zhou et al., 2019) regresses sizes (there in pixels); a box the
+  training crop cut counts as a lower bound of its object's size.
 
 Model outputs follow ``docs/architecture.md`` (``*_heat`` are logits ``Tensor[B, C, H, W]``,
 ``*_tag`` are ``Tensor[B, 1, H, W]``, ``*_regr`` are ``Tensor[B, 2, H, W]``); targets are the dict
@@ -205,22 +206,33 @@ def regr_loss(regr: Tensor, gt_regr: Tensor, inds: Tensor, mask: Tensor) -> Tens
     return per.sum() / mf.sum().clamp(min=1.0)
 
 
-def size_loss(size: Tensor, gt_size: Tensor, inds: Tensor, mask: Tensor) -> Tensor:
+def size_loss(size: Tensor, gt_size: Tensor, inds: Tensor, mask: Tensor, *, lower_bound: Tensor | None = None) -> Tensor:
     """L1 loss on the log box size at the centres, summed over width and height and divided by the
     number of objects in the batch (0 when there is none).
+
+    Objects flagged in ``lower_bound`` (the training crop cut their box: the object is at least that
+    big) only pay for a prediction below the target: ``max(0, gt - pred)`` instead of ``|gt - pred|``.
+    Without it, every close-up car larger than the crop would teach "at most crop-sized" and the head
+    would under-predict such cars when the whole image is seen.
 
     Args:
         size: ``Tensor[B, 2, H, W]`` predicted log width and height (map cells).
         gt_size: ``Tensor[B, M, 2]`` targets (``targets.build_image_targets``' ``ct_size``).
         inds: ``Tensor[B, M]`` long flat indices of the centres.
         mask: ``Tensor[B, M]`` bool.
+        lower_bound: ``Tensor[B, M]`` bool or None (``size_cut`` of the targets).
     Returns:
         float32 ``Tensor[]``.
     """
     pred = gather_feature(size.float(), inds)  # (B, M, 2)
     gt = gt_size.to(device=pred.device, dtype=torch.float32)
+    diff = gt - pred  # (B, M, 2)
+    per = diff.abs()
+    if lower_bound is not None:
+        lb = lower_bound.to(device=pred.device).unsqueeze(2)  # (B, M, 1)
+        per = torch.where(lb, diff.clamp(min=0.0), per)
     mf = mask.to(device=pred.device, dtype=torch.float32).unsqueeze(2)  # (B, M, 1)
-    return ((pred - gt).abs() * mf).sum() / mf.sum().clamp(min=1.0)
+    return (per * mf).sum() / mf.sum().clamp(min=1.0)
 
 
 class CenterNetLoss(torch.nn.Module):
@@ -276,8 +288,8 @@ class CenterNetLoss(torch.nn.Module):
         regr = cfg.regr_weight * regr
         size = torch.zeros((), device=device)
         if "ct_size" in outputs:
-            size_mask = tg.get("size_mask", mask)  # objects cut by the crop: their clipped size is not theirs
-            size = cfg.size_weight * size_loss(outputs["ct_size"], tg["ct_size"], tg["ct_inds"], size_mask)
+            size = cfg.size_weight * size_loss(outputs["ct_size"], tg["ct_size"], tg["ct_inds"], mask,
+                                               lower_bound=tg.get("size_cut"))
             regr = regr + size
         total = focal + pull + push + regr
         terms = {

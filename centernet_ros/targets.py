@@ -62,7 +62,7 @@ TARGET_KEYS = (
     "br_regr",
     "ct_regr",
     "ct_size",
-    "size_mask",
+    "size_cut",
     "mask",
     "ignore",
     "tl_ignore",
@@ -246,8 +246,8 @@ def build_image_targets(
     Returns:
         dict with ``{tl,br,ct}_heat`` ``Tensor[C, H, W]`` float32, ``{tl,br,ct}_inds``
         ``Tensor[M]`` long, ``{tl,br,ct}_regr`` ``Tensor[M, 2]`` float32, ``ct_size`` ``Tensor[M, 2]``
-        float32 (log of the clipped box width and height in map cells), ``size_mask`` ``Tensor[M]`` bool
-        (the objects whose size trains the size head: not cut by the crop, see ``cut``), ``mask`` ``Tensor[M]`` bool,
+        float32 (log of the clipped box width and height in map cells), ``size_cut`` ``Tensor[M]`` bool
+        (the crop cut the box, see ``cut``: its size is only a lower bound of the object's), ``mask`` ``Tensor[M]`` bool,
         ``ignore`` ``Tensor[H, W]`` bool (cells where the focal loss takes no negative term on any head) and ``tl_ignore`` / ``br_ignore`` ``Tensor[H, W]`` bool (the same for
         one corner head: windows of cut corners), on the device of ``boxes`` (CPU for arrays).
     """
@@ -318,9 +318,9 @@ def build_image_targets(
     mask = torch.zeros(m, dtype=torch.bool, device=b.device)
     mask[:n] = True
     out["mask"] = mask
-    # a box the crop cut is smaller than its object: its size does not train the size head
-    out["size_mask"] = mask.clone()
-    out["size_mask"][:n] = ~cut_t.any(1)
+    # a box the crop cut is smaller than its object: its size is a lower bound for the size head
+    out["size_cut"] = torch.zeros(m, dtype=torch.bool, device=b.device)
+    out["size_cut"][:n] = cut_t.any(1)
     out["ignore"] = ignore_map(ignore_boxes, output_size=(h, w), stride=cfg.stride).to(b.device)
     return {k: out[k] for k in TARGET_KEYS}
 

@@ -307,21 +307,36 @@ def test_size_loss_matches_reference_and_joins_regr(counts):
     assert (grad.abs().sum() > 0) == (sum(counts) > 0)  # only the centres' cells get a gradient
 
 
-def test_size_mask_leaves_out_objects_cut_by_the_crop():
-    """``targets['size_mask']`` (objects the crop did not cut) selects the objects of the size term."""
+def test_cut_objects_only_pay_for_sizes_below_their_box():
+    """``targets['size_cut']`` (the crop cut the box): the target is a lower bound, ``max(0, gt - pred)``."""
     gen = torch.Generator().manual_seed(4)
     outputs, targets = random_case(gen, counts=(3, 0, 1))
     b, m = targets["mask"].shape
     outputs["ct_size"] = torch.randn(b, 2, 6, 7, generator=gen)
     targets["ct_size"] = torch.randn(b, m, 2, generator=gen)
-    some = targets["mask"].clone()
-    some[0, 1] = False  # one object of image 0 was cut
-    targets["size_mask"] = some
+    cut = torch.zeros(b, m, dtype=torch.bool)
+    cut[0, 1] = True
+    targets["size_cut"] = cut
+    w = outputs["ct_size"].shape[3]
+    total, n = 0.0, 0
+    for i in range(b):
+        for k in range(m):
+            if targets["mask"][i, k]:
+                n += 1
+                y, x = int(targets["ct_inds"][i, k]) // w, int(targets["ct_inds"][i, k]) % w
+                for c in range(2):
+                    d = float(targets["ct_size"][i, k, c]) - float(outputs["ct_size"][i, c, y, x])
+                    total += max(d, 0.0) if cut[i, k] else abs(d)
     _, terms = CenterNetLoss(LossConfig(size_weight=1.0))(outputs, targets)
-    ref = size_reference(outputs["ct_size"], targets["ct_size"], targets["ct_inds"], some)
-    assert terms["size"].item() == pytest.approx(ref, rel=1e-5)
-    targets["size_mask"] = torch.zeros_like(some)
-    assert CenterNetLoss()(outputs, targets)[1]["size"].item() == 0.0
+    assert terms["size"].item() == pytest.approx(total / n, rel=1e-5)
+    # a prediction above a cut box's size costs nothing
+    y, x = int(targets["ct_inds"][0, 1]) // w, int(targets["ct_inds"][0, 1]) % w
+    outputs["ct_size"][0, :, y, x] = targets["ct_size"][0, 1] + 3.0
+    lone = {k: v[:1] for k, v in targets.items()}
+    lone["mask"] = torch.zeros_like(lone["mask"])
+    lone["mask"][0, 1] = True
+    assert size_loss(outputs["ct_size"][:1], lone["ct_size"], lone["ct_inds"], lone["mask"],
+                     lower_bound=lone["size_cut"]).item() == 0.0
 
 
 def test_size_weight_validated():

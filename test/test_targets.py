@@ -53,7 +53,7 @@ def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_ob
     inds = {k: np.zeros(max_objects, dtype=np.int64) for k in ("tl", "br", "ct")}
     regr = {k: np.zeros((max_objects, 2)) for k in ("tl", "br", "ct")}
     size = np.zeros((max_objects, 2))
-    size_mask = np.zeros(max_objects, dtype=bool)
+    size_cut = np.zeros(max_objects, dtype=bool)
     mask = np.zeros(max_objects, dtype=bool)
     n = 0
     for (x1, y1, x2, y2), c, obj_cut in zip(np.asarray(boxes, dtype=np.float64).tolist(), np.asarray(labels).tolist(),
@@ -83,14 +83,14 @@ def reference_targets(boxes, labels, out_h, out_w, num_classes, stride=4, max_ob
             inds[k][n] = cy * out_w + cx
             regr[k][n] = (px - cx, py - cy)
         size[n] = (math.log((x2 - x1) / stride), math.log((y2 - y1) / stride))  # centre size head
-        size_mask[n] = not any(obj_cut)  # a box the crop cut does not train the size head
+        size_cut[n] = any(obj_cut)  # a box the crop cut: its size is a lower bound for the size head
         mask[n] = True
         n += 1
     out = {}
     for k in ("tl", "br", "ct"):
         out[f"{k}_heat"], out[f"{k}_inds"], out[f"{k}_regr"] = heats[k], inds[k], regr[k]
     out["ct_size"] = size
-    out["size_mask"] = size_mask
+    out["size_cut"] = size_cut
     out["mask"] = mask
     out["ignore"] = reference_ignore(ignore_boxes, out_h, out_w, stride)
     out["tl_ignore"], out["br_ignore"] = corner_ignore["tl"], corner_ignore["br"]
@@ -359,7 +359,7 @@ def test_ignore_regions_match_bruteforce(device):
 def test_cut_corners_match_bruteforce(device):
     """cut_corners="ignore": a corner the crop made gets no Gaussian and its window is ignored on that corner
     head only; its index / offset / mask, the centre and the other corner stay. "positive" ignores the flags for
-    the corners; with either, a cut box does not train the size head (``size_mask``)."""
+    the corners; with either, a cut box's size is a lower bound for the size head (``size_cut``)."""
     rng = np.random.default_rng(11)
     for trial in range(20):
         n = int(rng.integers(0, 5))
@@ -373,7 +373,7 @@ def test_cut_corners_match_bruteforce(device):
         plain = build_image_targets(torch.as_tensor(boxes, device=device), torch.as_tensor(labels, device=device),
                                     cfg=TargetConfig(num_classes=3), **args)
         ref = reference_targets(boxes, labels, 16, 16, 3)
-        ref["size_mask"][:n] = ~cut.any(1)
+        ref["size_cut"][:n] = cut.any(1)
         assert_matches_reference(plain, ref)
     # one box cut on the left: no tl peak, tl window ignored, br / ct peaks as usual
     got = build_image_targets(np.array([[0, 8, 40, 40]], np.float32), np.array([1]), output_size=(16, 16),
