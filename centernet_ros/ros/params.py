@@ -188,7 +188,7 @@ DECODE = {
     if f.name not in _DECODE_HIDDEN
 }
 # Node defaults that differ from DecodeConfig's (the paper's evaluation settings, plus exclusive_centres).
-DECODE_DEFAULTS = {"score_threshold": 0.25}  # = config/detect.yaml (tuned for the bundled model)
+DECODE_DEFAULTS = {"score_threshold": 0.22}  # = config/detect.yaml (tuned for the bundled model)
 
 _DESCRIPTIONS = {
     "weights": "model file (.safetensors); empty = bundled models/" + DEFAULT_MODEL,
