@@ -12,7 +12,7 @@ Layout (all at output stride 4 after the neck):
 ``ct_size`` (``ModelConfig.center_size``, not in the paper): the centre head also regresses the log of
 its object's width and height, as "Objects as Points" (Zhou et al., 2019) does at centres. The decoder
 uses it to check that a centre keypoint confirms only a box of its object's size
-(``DecodeConfig.size_check``): a pair of one car's top-left and another's bottom-right corner (a "group
+(``DecodeConfig.size_ratio``): a pair of one car's top-left and another's bottom-right corner (a "group
 box") no longer passes on the centre of a third car between them.
 
 Why the default widths (``head_width=64``, ``pool_width=32``): at 512x512 the maps are 128x128, where
