@@ -9,8 +9,8 @@ CenterNet: Keypoint Triplets, ICCV 2019):
 * an associative-embedding "pull"/"push" loss on the top-left / bottom-right tags,
 * a smooth-L1 loss on the sub-pixel offsets of the three keypoints,
 * with a centre size head (``ct_size``, not in the paper): an L1 loss on the log box width and height
-  at the centres, as "Objects as Points" (Zhou et al., 2019) regresses sizes (there in pixels); a box the
-  training crop cut counts as a lower bound of its object's size.
+  at the centres, as "Objects as Points" (Zhou et al., 2019) regresses sizes (there in pixels); with
+  ``size_cut_bound`` a box the training crop cut counts as a lower bound of its object's size.
 
 Model outputs follow ``docs/architecture.md`` (``*_heat`` are logits ``Tensor[B, C, H, W]``,
 ``*_tag`` are ``Tensor[B, 1, H, W]``, ``*_regr`` are ``Tensor[B, 2, H, W]``); targets are the dict
@@ -50,6 +50,7 @@ class LossConfig:
     push_margin: float = 1.0  # Delta in max(0, Delta - |e_k - e_j|)
     regr_weight: float = 1.0  # weight of the smooth-L1 offset term (sum over the three heads)
     size_weight: float = 0.1  # weight of the L1 log-size term (models with a ct_size output only)
+    size_cut_bound: bool = False  # a box the crop cut is a lower bound of its size (hinge); False: plain L1 (stage 12)
     tl_heat_weight: float = 1.0  # weight of the top-left heatmap focal loss
     br_heat_weight: float = 1.0  # weight of the bottom-right heatmap focal loss
     ct_heat_weight: float = 1.0  # weight of the center heatmap focal loss
@@ -69,6 +70,8 @@ class LossConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not isinstance(self.size_cut_bound, bool):
+            raise ValueError(f"size_cut_bound must be a bool, got {self.size_cut_bound!r}")
         v = self.push_margin
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or v == float("inf"):
             raise ValueError(f"push_margin must be a finite number > 0, got {v!r}")
@@ -206,14 +209,17 @@ def regr_loss(regr: Tensor, gt_regr: Tensor, inds: Tensor, mask: Tensor) -> Tens
     return per.sum() / mf.sum().clamp(min=1.0)
 
 
-def size_loss(size: Tensor, gt_size: Tensor, inds: Tensor, mask: Tensor, *, lower_bound: Tensor | None = None) -> Tensor:
+def size_loss(
+    size: Tensor, gt_size: Tensor, inds: Tensor, mask: Tensor, *, lower_bound: Tensor | None = None
+) -> Tensor:
     """L1 loss on the log box size at the centres, summed over width and height and divided by the
     number of objects in the batch (0 when there is none).
 
     Objects flagged in ``lower_bound`` (the training crop cut their box: the object is at least that
     big) only pay for a prediction below the target: ``max(0, gt - pred)`` instead of ``|gt - pred|``.
-    Without it, every close-up car larger than the crop would teach "at most crop-sized" and the head
-    would under-predict such cars when the whole image is seen.
+    Without it, every close-up car larger than the crop teaches "at most crop-sized" and the head
+    under-predicts such cars when the whole image is seen (but with it, measured in stage 13, every
+    size drifts up: ``LossConfig.size_cut_bound`` is off by default).
 
     Args:
         size: ``Tensor[B, 2, H, W]`` predicted log width and height (map cells).
@@ -289,7 +295,7 @@ class CenterNetLoss(torch.nn.Module):
         size = torch.zeros((), device=device)
         if "ct_size" in outputs:
             size = cfg.size_weight * size_loss(outputs["ct_size"], tg["ct_size"], tg["ct_inds"], mask,
-                                               lower_bound=tg.get("size_cut"))
+                                               lower_bound=tg.get("size_cut") if cfg.size_cut_bound else None)
             regr = regr + size
         total = focal + pull + push + regr
         terms = {

@@ -247,9 +247,10 @@ def build_image_targets(
         dict with ``{tl,br,ct}_heat`` ``Tensor[C, H, W]`` float32, ``{tl,br,ct}_inds``
         ``Tensor[M]`` long, ``{tl,br,ct}_regr`` ``Tensor[M, 2]`` float32, ``ct_size`` ``Tensor[M, 2]``
         float32 (log of the clipped box width and height in map cells), ``size_cut`` ``Tensor[M]`` bool
-        (the crop cut the box, see ``cut``: its size is only a lower bound of the object's), ``mask`` ``Tensor[M]`` bool,
-        ``ignore`` ``Tensor[H, W]`` bool (cells where the focal loss takes no negative term on any head) and ``tl_ignore`` / ``br_ignore`` ``Tensor[H, W]`` bool (the same for
-        one corner head: windows of cut corners), on the device of ``boxes`` (CPU for arrays).
+        (the crop cut the box, see ``cut``: its size is only a lower bound of the object's), ``mask``
+        ``Tensor[M]`` bool, ``ignore`` ``Tensor[H, W]`` bool (cells where the focal loss takes no negative
+        term on any head) and ``tl_ignore`` / ``br_ignore`` ``Tensor[H, W]`` bool (the same for one corner
+        head: windows of cut corners), on the device of ``boxes`` (CPU for arrays).
     """
     h, w = (int(v) for v in output_size)
     if h < 1 or w < 1:
@@ -330,7 +331,8 @@ def collate_targets(targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
 
     Returns:
         dict with ``*_heat`` ``Tensor[B, C, H, W]``, ``*_inds`` ``Tensor[B, M]``,
-        ``*_regr`` and ``ct_size`` ``Tensor[B, M, 2]``, ``mask`` ``Tensor[B, M]``, ``ignore`` ``Tensor[B, H, W]``.
+        ``*_regr`` and ``ct_size`` ``Tensor[B, M, 2]``, ``mask`` and ``size_cut`` ``Tensor[B, M]``,
+        ``ignore`` ``Tensor[B, H, W]``.
     """
     if len(targets) == 0:
         raise ValueError("collate_targets needs at least one image, got 0")

@@ -308,7 +308,8 @@ def test_size_loss_matches_reference_and_joins_regr(counts):
 
 
 def test_cut_objects_only_pay_for_sizes_below_their_box():
-    """``targets['size_cut']`` (the crop cut the box): the target is a lower bound, ``max(0, gt - pred)``."""
+    """``targets['size_cut']`` (the crop cut the box) with ``size_cut_bound``: the target is a lower bound,
+    ``max(0, gt - pred)``."""
     gen = torch.Generator().manual_seed(4)
     outputs, targets = random_case(gen, counts=(3, 0, 1))
     b, m = targets["mask"].shape
@@ -327,8 +328,11 @@ def test_cut_objects_only_pay_for_sizes_below_their_box():
                 for c in range(2):
                     d = float(targets["ct_size"][i, k, c]) - float(outputs["ct_size"][i, c, y, x])
                     total += max(d, 0.0) if cut[i, k] else abs(d)
-    _, terms = CenterNetLoss(LossConfig(size_weight=1.0))(outputs, targets)
+    _, terms = CenterNetLoss(LossConfig(size_weight=1.0, size_cut_bound=True))(outputs, targets)
     assert terms["size"].item() == pytest.approx(total / n, rel=1e-5)
+    _, plain = CenterNetLoss(LossConfig(size_weight=1.0))(outputs, targets)  # default: plain L1 for every box
+    ref = size_reference(outputs["ct_size"], targets["ct_size"], targets["ct_inds"], targets["mask"])
+    assert plain["size"].item() == pytest.approx(ref, rel=1e-5)
     # a prediction above a cut box's size costs nothing
     y, x = int(targets["ct_inds"][0, 1]) // w, int(targets["ct_inds"][0, 1]) % w
     outputs["ct_size"][0, :, y, x] = targets["ct_size"][0, 1] + 3.0
@@ -342,6 +346,8 @@ def test_cut_objects_only_pay_for_sizes_below_their_box():
 def test_size_weight_validated():
     with pytest.raises(ValueError, match="size_weight"):
         LossConfig(size_weight=-1.0)
+    with pytest.raises(ValueError, match="size_cut_bound"):
+        LossConfig(size_cut_bound="yes")
 
 
 def test_corner_ignore_maps_act_on_their_head_only():
