@@ -12,7 +12,7 @@ import torch
 from centernet_ros.decode import Detections
 
 __all__ = ["NEG", "STRIDE", "blank", "logit", "put_point", "put_object", "to", "valid_rows", "check_layout",
-           "random_outputs", "assert_matches_reference"]
+           "random_outputs", "assert_matches_reference", "decode_on_every_plan"]
 
 NEG = -1e4  # background logit: sigmoid is exactly 0 (also in fp16)
 STRIDE = 4
@@ -102,3 +102,24 @@ def assert_matches_reference(det: Detections, ref, atol=1e-3):
             )
             assert len(cand), f"image {b} row {i}: {boxes[i]} {scores[i]} {labels[i]} not in the reference"
             used[cand[np.argmin(np.abs(cand - i))]] = True
+
+
+def decode_on_every_plan(monkeypatch, out, cfg, context=None) -> Detections:
+    """Decode ``out`` with ``cfg`` (host plan), check it against ``reference_decode`` and check that
+    ``host_sync=False`` and the plans "copy" and "device" give bit-identical detections; returns them."""
+    import dataclasses
+
+    import centernet_ros.decode as decode_module
+    from centernet_ros.decode import decode
+    from centernet_ros.reference_decode import reference_decode
+
+    host = decode(out, cfg)
+    assert_matches_reference(host, reference_decode(out, cfg))
+    others = [decode(out, dataclasses.replace(cfg, host_sync=False))]
+    for plan in ("copy", "device"):
+        with monkeypatch.context() as m:
+            m.setitem(decode_module._HOST_SYNC_PLAN, "cpu", plan)
+            others.append(decode(out, cfg))
+    for other in others:
+        assert all(torch.equal(a, b) for a, b in zip(host, other)), context
+    return host

@@ -8,10 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-import centernet_ros.decode as decode_module
 import decode_scenes as td
 from centernet_ros.decode import DecodeConfig, decode
-from centernet_ros.reference_decode import reference_decode
 
 from devices import DEVICES  # noqa: E402
 
@@ -73,15 +71,7 @@ def test_random_heatmaps_match_the_reference_and_every_path(monkeypatch, exclusi
     for seed, kw in ((31, {}), (32, dict(topk=40, num_dets=300, small_area=30.0**2, ae_threshold=0.3))):
         out = td.random_outputs(B=2, C=3, H=24, W=20, seed=seed)
         cfg = DecodeConfig(mode=mode, exclusive_centres=exclusive, nms="none", **kw)
-        host = decode(out, cfg)
-        td.assert_matches_reference(host, reference_decode(out, cfg))
-        others = [decode(out, dataclasses.replace(cfg, host_sync=False))]
-        for plan in ("copy", "device"):
-            with monkeypatch.context() as m:
-                m.setitem(decode_module._HOST_SYNC_PLAN, "cpu", plan)
-                others.append(decode(out, cfg))
-        for other in others:
-            assert all(torch.equal(a, b) for a, b in zip(host, other)), (seed, exclusive, mode)
+        host = td.decode_on_every_plan(monkeypatch, out, cfg, (seed, exclusive, mode))
         flipped = decode(out, dataclasses.replace(cfg, exclusive_centres=not exclusive))
         changed |= not torch.equal(host.num, flipped.num) or not torch.equal(host.scores, flipped.scores)
     assert changed == (mode == "triplet")  # the rule acts on these maps, and only with the centre check

@@ -12,11 +12,9 @@ import math
 import pytest
 import torch
 
-import centernet_ros.decode as decode_module
 import decode_scenes as td
 from centernet_ros.decode import DecodeConfig, decode
 from centernet_ros.model import OUTPUT_NAMES, SIZE_NAME, centernet_resnet18
-from centernet_ros.reference_decode import reference_decode
 from centernet_ros.weights import WeightsError, load_model, load_state_into, save_model
 
 from devices import DEVICES  # noqa: E402
@@ -92,15 +90,7 @@ def test_random_heatmaps_match_the_reference_and_every_path(monkeypatch, exclusi
         g = torch.Generator().manual_seed(seed)
         out["ct_size"] = 2.0 + 0.8 * torch.randn(2, 2, 24, 20, generator=g)  # ~30 px objects, widely spread
         cfg = DecodeConfig(exclusive_centres=exclusive, nms="none", **kw)
-        host = decode(out, cfg)
-        td.assert_matches_reference(host, reference_decode(out, cfg))
-        others = [decode(out, dataclasses.replace(cfg, host_sync=False))]
-        for plan in ("copy", "device"):
-            with monkeypatch.context() as m:
-                m.setitem(decode_module._HOST_SYNC_PLAN, "cpu", plan)
-                others.append(decode(out, cfg))
-        for other in others:
-            assert all(torch.equal(a, b) for a, b in zip(host, other)), (seed, exclusive)
+        host = td.decode_on_every_plan(monkeypatch, out, cfg, (seed, exclusive))
         off = decode(out, dataclasses.replace(cfg, size_ratio=0.0))
         assert (host.num <= off.num).all()  # the check only removes boxes
         changed |= not torch.equal(host.num, off.num)
