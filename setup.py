@@ -54,6 +54,7 @@ setup(
             "centernet-eval = centernet_ros.evaluate:main",
             "centernet-export = centernet_ros.export:main",
             "centernet-pack-data = centernet_ros.pack_data:main",
+            "centernet-fit-size = centernet_ros.size_fit:main",
         ],
     },
 )

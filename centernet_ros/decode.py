@@ -94,7 +94,7 @@ class DecodeConfig:
     n_small: int = 3  # central-region scale n for small boxes
     n_large: int = 5  # central-region scale n for large boxes
     exclusive_centres: bool = True  # a centre confirming a better nested box does not confirm this one (not in the paper)
-    size_ratio: float = 3.0  # box w, h within this factor of the centre's predicted size (ct_size models); 0 = off
+    size_ratio: float = 2.0  # box w, h within this factor of the centre's predicted size (ct_size models); 0 = off
     score_threshold: float = 0.0  # detections need score > this (the ROS node applies its own)
     nms: str = "soft"  # "soft" (Gaussian soft-NMS), "soft_linear", "hard" or "none"
     nms_sigma: float = 0.5  # Gaussian soft-NMS: score *= exp(-iou^2 / sigma)

@@ -447,7 +447,7 @@ def test_config_defaults_follow_the_paper():
         "small_area": 22500.0, "n_small": 3, "n_large": 5, "score_threshold": 0.0, "nms": "soft",
         "nms_sigma": 0.5, "nms_iou": 0.5, "max_per_image": 100, "host_sync": True,
         "exclusive_centres": True,  # ours, not the paper's (test_exclusive_centres.py)
-        "size_ratio": 3.0,  # ours; only for models with a ct_size output (test_size_check.py)
+        "size_ratio": 2.0,  # ours; only for models with a ct_size output (test_size_check.py)
         "flip_test": False,  # the paper's test adds the flipped image; its caller must run both (test_flip_test.py)
     }
     # the defaults are used by the decoder: a 150 x 150 box is "small" (n = 3), 151 x 150 is not
