@@ -1,6 +1,6 @@
 """``centernet-fit-size``: refit the centre size head's read-out at test-time input sizes (ours, not in the paper).
 
-Legend: B batch, F centre-feature channels (``ModelConfig.head_width``), N boxes, S input sizes.
+Legend: B batch, F centre-feature channels (``ModelConfig.head_width``), N boxes.
 
 Why. The centre size head (``ModelConfig.center_size``, output ``ct_size``) is one 1x1 convolution over
 the centre head's features; the decoder's size check (``DecodeConfig.size_ratio``) compares each box with
@@ -175,8 +175,9 @@ def _describe(err: Tensor) -> str:
     if err.shape[0] == 0:
         return "no boxes"
     ratio = err.abs().amax(1)  # (N,) worse of width and height, log
-    return (f"median |log error| {err.abs().median().item():.3f}, within x1.5 {(ratio <= math.log(1.5)).float().mean():.2f}"
-            f", within x2 {(ratio <= math.log(2)).float().mean():.2f}")
+    within = {r: (ratio <= math.log(r)).float().mean().item() for r in (1.5, 2)}
+    median = err.abs().median().item()
+    return f"median |log error| {median:.3f}, within x1.5 {within[1.5]:.2f}, within x2 {within[2]:.2f}"
 
 
 def refit_size_head(
@@ -188,17 +189,23 @@ def refit_size_head(
     log=print,
 ) -> dict:
     """Refit ``model.ct_head.size`` in place on ``datasets`` ``[(name, dataset, sampling weight)]`` at every
-    one of ``input_sizes``; returns a summary (images and rows, boxes x sizes, per dataset; fit quality before and after on the rows).
-    Raises ``ValueError`` when the model has no size head or no dataset has a box."""
+    one of ``input_sizes`` (H, W); returns a summary: images and rows (boxes x sizes) per dataset, and the fit
+    on those rows before and after. Raises ``ValueError`` when the model has no size head, no input size is
+    given, two datasets share a name or no dataset has a box."""
     from tqdm import tqdm
 
     _size_input(model)
+    if not input_sizes:
+        raise ValueError("no input size to fit at")
+    names = [name for name, _, _ in datasets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset names must be distinct, got {names!r}")
     device = next(model.parameters()).device
-    feats, targets, row_w, per_set = [], [], [], {}
+    fitted, row_w, per_set = [], [], {}  # fitted: (name, features, targets) of each dataset with boxes
     for name, ds, share in datasets:
         n_img = len(ds) if cfg.max_images is None else min(len(ds), cfg.max_images)
         idx = np.unique(np.linspace(0, len(ds) - 1, n_img).round().astype(np.int64)) if n_img else []
-        f_set, t_set = [], []
+        f_set, t_set = [torch.zeros(0, model.cfg.head_width)], [torch.zeros(0, 2)]
         for size in input_sizes:
             for j in tqdm(range(0, len(idx), cfg.batch_size), desc=f"{name} {size[0]}x{size[1]}",
                           disable=not cfg.progress, leave=False):
@@ -210,12 +217,11 @@ def refit_size_head(
         f_set, t_set = torch.cat(f_set), torch.cat(t_set)  # (n, F), (n, 2)
         per_set[name] = {"images": int(len(idx)), "rows": int(f_set.shape[0])}  # rows: boxes x input sizes
         if f_set.shape[0]:
-            feats.append(f_set)
-            targets.append(t_set)
+            fitted.append((name, f_set, t_set))
             row_w.append(torch.full((f_set.shape[0],), share / f_set.shape[0], dtype=torch.float64))
-    if not feats:
+    if not fitted:
         raise ValueError("no boxes in the training datasets: nothing to fit the size read-out on")
-    f_all, t_all = torch.cat(feats), torch.cat(targets)  # (N, F), (N, 2)
+    f_all, t_all = torch.cat([f for _, f, _ in fitted]), torch.cat([t for _, _, t in fitted])  # (N, F), (N, 2)
     w_all = torch.cat(row_w)
     w_all = w_all * (w_all.shape[0] / w_all.sum())  # mean row weight 1: ridge in units of rows
     conv = model.ct_head.size
@@ -226,16 +232,16 @@ def refit_size_head(
         conv.weight.copy_(new_w.reshape_as(conv.weight).to(conv.weight))
         conv.bias.copy_(new_b.to(conv.bias))
     summary = {"datasets": per_set, "input_sizes": [list(s) for s in input_sizes], "ridge": cfg.ridge}
-    for name, f_set, t_set in zip([n for n, v in per_set.items() if v["rows"]], feats, targets):
+    for name, f_set, t_set in fitted:
         before = _describe(readout_errors(f_set, t_set, old_w, old_b))
         after = _describe(readout_errors(f_set, t_set, new_w, new_b))
         summary[name] = {"before": before, "after": after}
-        log(f"{name}: {per_set[name]['rows']} boxes x sizes; before: {before}; after: {after}")
+        log(f"{name}: {f_set.shape[0]} boxes x sizes; before: {before}; after: {after}")
     return summary
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SizeFitConfig:
-    p = argparse.ArgumentParser(prog="centernet-fit-size", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="centernet-fit-size", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="model with the centre size head (.safetensors)")
     p.add_argument("--config", required=True, help="training config: its data.train datasets are fitted on")

@@ -160,7 +160,11 @@ def test_refit_changes_only_the_size_conv_and_puts_the_fit_in_the_model():
 def test_refit_without_boxes_or_size_head_is_refused():
     cfg = SizeFitConfig(weights="-", config="-", out="-", progress=False)
     with pytest.raises(ValueError, match="no boxes in the training datasets"):
-        refit_size_head(_tiny(), [("a", _Boxes([np.zeros((0, 4))]), 1.0)], cfg, [(64, 96)])
+        refit_size_head(_tiny(), [("a", _Boxes([np.zeros((0, 4))]), 1.0), ("b", _Boxes([]), 1.0)], cfg, [(64, 96)])
+    with pytest.raises(ValueError, match="no input size"):
+        refit_size_head(_tiny(), [("a", _Boxes([np.zeros((0, 4))]), 1.0)], cfg, [])
+    with pytest.raises(ValueError, match="dataset names must be distinct, got \\['a', 'a'\\]"):
+        refit_size_head(_tiny(), [("a", _Boxes([np.zeros((0, 4))]), 1.0)] * 2, cfg, [(64, 96)])
     with pytest.raises(ValueError, match="no centre size head"):
         refit_size_head(_tiny(center_size=False), [("a", _Boxes([np.zeros((0, 4))]), 1.0)], cfg, [(64, 96)])
 
