@@ -52,7 +52,9 @@ def test_fit_readout_recovers_a_planted_map_and_matches_weighted_least_squares()
     [
         ((torch.zeros(0, 3), torch.zeros(0, 2)), {}, "no rows"),
         ((torch.zeros(4, 3), torch.zeros(5, 2)), {}, "features \\(N, F\\) and targets"),
-        ((torch.zeros(4, 3), torch.zeros(4, 2), torch.tensor([1.0, 1.0, 0.0, 1.0])), {}, "weights must be 4 numbers > 0"),
+        ((torch.zeros(4, 3), torch.zeros(4, 2), torch.tensor([1.0, 1.0, 0.0, 1.0])), {},
+         "weights must be > 0, got a minimum of 0.0"),
+        ((torch.zeros(4, 3), torch.zeros(4, 2), torch.ones(3)), {}, "weights must hold 4 numbers, got shape \\(3,\\)"),
         ((torch.zeros(4, 3), torch.zeros(4, 2)), {"ridge": -1.0}, "ridge must be >= 0, got -1.0"),
     ],
 )
@@ -190,11 +192,12 @@ def test_cli_refits_a_model_file_on_a_training_config(tmp_path, capsys):
     cfg_path.write_text(f"data:\n  train:\n    - path: {root}\n      split: train\n")
     src, out = tmp_path / "m.safetensors", tmp_path / "refit.safetensors"
     model = _tiny()
-    save_model(src, model, class_names=["a", "b"], input_size=(64, 96), extra={"step": 7})
+    save_model(src, model, class_names=["a", "b"], input_size=(64, 96), extra={"step": 7, "val": {"ap": 0.1}})
     assert main(["--weights", str(src), "--config", str(cfg_path), "--out", str(out), "--no-progress",
                  "--input-size", "64", "96", "--input-size", "32", "64"]) == 0
     refit, meta = load_model(out)
     assert meta.extra["step"] == 7 and meta.extra["size_fit"]["input_sizes"] == [[64, 96], [32, 64]]
+    assert "val" not in meta.extra  # the source's validation figures are not this file's
     assert meta.extra["size_fit"]["datasets"]["ds"] == {"images": 2, "rows": 6}  # 3 boxes at 2 sizes
     old = {k: v.half().float() for k, v in model.state_dict().items()}  # the file is fp16
     for k, v in refit.state_dict().items():
@@ -206,3 +209,12 @@ def test_cli_refits_a_model_file_on_a_training_config(tmp_path, capsys):
                  "--no-progress"]) == 2
     assert "no centre size head" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+    # user errors: exit 2 and one line naming the problem, before any fitting
+    base = ["--config", str(cfg_path), "--no-progress"]
+    for args, needle in (
+        (["--weights", str(tmp_path / "missing.safetensors"), "--out", str(out)], "missing.safetensors"),
+        (["--weights", str(out), "--out", str(tmp_path)], "--out must name a .safetensors file"),
+        (["--weights", str(out), "--out", str(out), "--device", "toaster"], "bad --device 'toaster'"),
+    ):
+        assert main(args + base) == 2, args
+        assert needle in capsys.readouterr().err, args
