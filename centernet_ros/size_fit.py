@@ -44,6 +44,7 @@ from .detector import resolve_device
 from .mixing import load_spec_dataset
 from .model import CenterNetTriplet
 from .preprocess import boxes_to_input, letterbox
+from .targets import _keypoints
 from .train_config import load_config
 from .weights import WeightsError, load_model, save_model
 
@@ -133,9 +134,8 @@ def centre_features(
         b = boxes_to_input(b.unsqueeze(0), lb.scale[i : i + 1].cpu(), lb.offset[i : i + 1].cpu())[0]  # (n, 4)
         wh = b[:, 2:] - b[:, :2]  # (n, 2) input pixels
         b = b[(wh >= min_box_size).all(1)] / stride  # (n', 4) map cells
-        cx = ((b[:, 0] + b[:, 2]) / 2).floor().long().clamp(0, y.shape[3] - 1)  # (n',)
-        cy = ((b[:, 1] + b[:, 3]) / 2).floor().long().clamp(0, y.shape[2] - 1)
-        feats.append(y[i, :, cy, cx].T)  # (n', F)
+        cells, _ = _keypoints((b[:, :2] + b[:, 2:]) / 2, y.shape[2], y.shape[3])  # (n', 2) the ct target's cells
+        feats.append(y[i, :, cells[:, 1], cells[:, 0]].T)  # (n', F)
         targets.append((b[:, 2:] - b[:, :2]).log())  # (n', 2)
     if not feats:
         return torch.zeros(0, F), torch.zeros(0, 2)
