@@ -6,7 +6,7 @@ no "+1" pixel convention).
 
 Public API (``targets.py`` imports :func:`gaussian_radius` from here):
 
-- :func:`box_area`, :func:`box_iou`
+- :func:`box_area`, :func:`box_intersection`, :func:`box_iou`
 - :func:`gaussian_radius` -- radius of the corner / centre Gaussians used by the targets
 - :func:`soft_nms` -- batched, class-aware Gaussian / linear soft-NMS (and hard NMS)
 - :func:`batched_nms` -- batched, class-aware greedy hard NMS
@@ -27,6 +27,7 @@ __all__ = [
     "NMSResult",
     "batched_nms",
     "box_area",
+    "box_intersection",
     "box_iou",
     "gaussian_radius",
     "nms_decay_matrix",
@@ -64,6 +65,12 @@ def _iou_from(inter: Tensor, area_a: Tensor, area_b: Tensor) -> Tensor:
     inter == 0, so dividing by ``union.clamp_min(tiny)`` gives 0 for an empty union."""
     union = (area_a.unsqueeze(-1) + area_b.unsqueeze(-2)).sub_(inter)  # (..., N, M)
     return inter.div_(union.clamp_min_(torch.finfo(inter.dtype).tiny))
+
+
+def box_intersection(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise intersection areas of ``Tensor[..., N, 4]`` and ``Tensor[..., M, 4]`` ->
+    ``Tensor[..., N, M]`` (0 for disjoint boxes).  Leading dimensions broadcast."""
+    return _intersection(a, b)
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:

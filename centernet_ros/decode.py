@@ -17,7 +17,8 @@ Test procedure of "CenterNet: Keypoint Triplets for Object Detection" (Duan et a
    also confirms a better-scoring box nested inside it; with ``size_ratio`` and a model that has the
    centre size head (``ct_size``, ours) a centre confirms only a box of about its predicted size (see
    :class:`DecodeConfig`);
-4. score threshold, per-class soft / hard / no NMS, best ``max_per_image``;
+4. score threshold, per-class soft / hard / no NMS, best ``max_per_image``; with ``group_score_ratio``
+   (ours) a box that encloses two distinct detections of its class is dropped (:mod:`.group_boxes`);
 5. undo the letterbox (``orig = (input_px - offset) / scale``) and clip to the original image.
 
 Flip test (``DecodeConfig.flip_test``; the paper's single-scale test feeds "both the original and
@@ -59,7 +60,8 @@ from torch import Tensor
 
 from .box_ops import soft_nms
 from .keypoints import _keypoints_to_host, _topk_keypoints
-from .pairing import _NMS_METHOD, _pairs_to_detections_numpy, _pairs_to_detections_torch
+from .pairing import (_NMS_METHOD, _drop_group_boxes, _groups_on, _nms_threshold, _pairs_to_detections_numpy,
+                      _pairs_to_detections_torch)
 from .preprocess import boxes_to_original
 
 __all__ = ["NMS_CHOICES", "MODES", "DecodeConfig", "Detections", "decode", "flip_test_batch"]
@@ -95,6 +97,9 @@ class DecodeConfig:
     n_large: int = 5  # central-region scale n for large boxes
     exclusive_centres: bool = True  # a centre confirming a better nested box does not confirm this one (not in the paper)
     size_ratio: float = 2.0  # box w, h within this factor of the centre's predicted size (ct_size models); 0 = off
+    # drop a box that encloses two distinct detections of its class, each scoring >= this x its score, after NMS
+    # (ours, group_boxes.py; triplet mode); 0 = off
+    group_score_ratio: float = 0.5
     score_threshold: float = 0.0  # detections need score > this (the ROS node applies its own)
     nms: str = "soft"  # "soft" (Gaussian soft-NMS), "soft_linear", "hard" or "none"
     nms_sigma: float = 0.5  # Gaussian soft-NMS: score *= exp(-iou^2 / sigma)
@@ -120,6 +125,8 @@ class DecodeConfig:
             raise ValueError(f"score_threshold must be in [0, 1), got {self.score_threshold!r}")
         if isinstance(self.size_ratio, bool) or not (self.size_ratio == 0 or self.size_ratio >= 1):
             raise ValueError(f"size_ratio must be 0 (off) or >= 1, got {self.size_ratio!r}")
+        if isinstance(self.group_score_ratio, bool) or not 0.0 <= self.group_score_ratio < float("inf"):
+            raise ValueError(f"group_score_ratio must be 0 (off) or a finite number > 0, got {self.group_score_ratio!r}")
         if not isinstance(self.exclusive_centres, bool):
             raise ValueError(f"exclusive_centres must be a bool, got {self.exclusive_centres!r}")
         if not isinstance(self.flip_test, bool):
@@ -337,7 +344,7 @@ def _decode_flip_test(
           for t, shape, name in ((scale, (), "scale"), (offset, (2,), "offset"), (orig_size, (2,), "orig_size"))]
     if B == 0:
         return _empty(0, D, dev)
-    views = decode(outputs, replace(cfg, flip_test=False, nms="none", score_threshold=0.0,
+    views = decode(outputs, replace(cfg, flip_test=False, nms="none", score_threshold=0.0, group_score_ratio=0.0,
                                     max_per_image=cfg.num_dets), host_ok=True)  # (2B, N[, 4]) input px
     w_in = float(W * cfg.stride)
     fb = views.boxes[B:]  # (B, N, 4) boxes of the flipped views, in their own coordinates
@@ -349,7 +356,7 @@ def _decode_flip_test(
         M = min(D, scores.shape[1])
         top, order = scores.masked_fill(labels < 0, -1.0).sort(dim=1, descending=True, stable=True)
         top, order = top[:, :M], order[:, :M]  # (B, M)
-        keep = top > cfg.score_threshold
+        keep = top > _nms_threshold(cfg)
         out_boxes = boxes.new_zeros(B, D, 4)
         out_scores = scores.new_zeros(B, D)
         out_labels = labels.new_full((B, D), -1)
@@ -358,8 +365,10 @@ def _decode_flip_test(
         out_labels[:, :M] = torch.where(keep, labels.gather(1, order), -1)
     else:
         res = soft_nms(boxes, scores, labels, max_out=D, method=_NMS_METHOD[cfg.nms], sigma=cfg.nms_sigma,
-                       iou_threshold=cfg.nms_iou, score_threshold=cfg.score_threshold, host_sync=cfg.host_sync)
+                       iou_threshold=cfg.nms_iou, score_threshold=_nms_threshold(cfg), host_sync=cfg.host_sync)
         out_boxes, out_scores, out_labels = res.boxes, res.scores, res.labels
+    if _groups_on(cfg):  # on the union of both views' boxes, as in a single view
+        out_boxes, out_scores, out_labels = _drop_group_boxes(out_boxes, out_scores, out_labels, cfg)
     on = out_boxes.device
     det = _to_original(out_boxes, out_scores, out_labels, *(None if t is None else t.to(on) for t in lb))
     return det if host_ok or on == dev else Detections(*(t.to(dev) for t in det))

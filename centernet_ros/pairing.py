@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .box_ops import soft_nms, soft_nms_numpy
+from .group_boxes import group_box_mask
 from .keypoints import _Keypoints
 
 if TYPE_CHECKING:  # annotations only: decode.py imports this module
@@ -26,6 +27,33 @@ if TYPE_CHECKING:  # annotations only: decode.py imports this module
 __all__: list[str] = []  # private helpers of decode.py
 
 _NMS_METHOD = {"soft": "gaussian", "soft_linear": "linear", "hard": "hard"}
+
+
+def _groups_on(cfg: DecodeConfig) -> bool:
+    """``DecodeConfig.group_score_ratio`` applies (triplet mode, like the other additions to the paper)."""
+    return cfg.mode == "triplet" and cfg.group_score_ratio > 0
+
+
+def _nms_threshold(cfg: DecodeConfig) -> float:
+    """Score threshold of the NMS step.  With group suppression it is lowered to ``score_threshold x
+    min(group_score_ratio, 1)``: every detection that can count as enclosed in a box above the threshold
+    stays until :func:`_drop_group_boxes`, so whether a box is a group box does not depend on the
+    threshold (the ROS node's 0.22 and the evaluation's 0 drop the same boxes)."""
+    if _groups_on(cfg):
+        return cfg.score_threshold * min(cfg.group_score_ratio, 1.0)
+    return cfg.score_threshold
+
+
+def _drop_group_boxes(boxes: Tensor, scores: Tensor, labels: Tensor, cfg: DecodeConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """NMS output ``Tensor[B, D, 4]``, ``Tensor[B, D]`` x 2 (invalid rows: label -1) -> the same without
+    the group boxes (:func:`~centernet_ros.group_boxes.group_box_mask`) and the rows at or below
+    ``cfg.score_threshold``; kept rows first, in their order (by score).  Sync-free."""
+    drop = group_box_mask(boxes, scores, labels, score_ratio=cfg.group_score_ratio)  # (B, D)
+    drop |= (scores <= cfg.score_threshold) | (labels < 0)
+    order = drop.int().argsort(dim=1, stable=True)  # (B, D) kept rows first
+    keep = ~drop.gather(1, order)
+    boxes = torch.where(keep.unsqueeze(-1), boxes.gather(1, order.unsqueeze(-1).expand_as(boxes)), 0.0)
+    return boxes, torch.where(keep, scores.gather(1, order), 0.0), torch.where(keep, labels.gather(1, order), -1)
 
 
 def _pairs_to_detections_torch(
@@ -145,7 +173,7 @@ def _pairs_to_detections_torch(
         M = min(D, N)
         top, order = score.sort(dim=1, descending=True, stable=True)
         top, order = top[:, :M], order[:, :M]  # (B, M)
-        keep = top > cfg.score_threshold
+        keep = top > _nms_threshold(cfg)
         out_boxes = torch.zeros(B, D, 4, device=dev)
         out_scores = torch.zeros(B, D, device=dev)
         out_labels = torch.full((B, D), -1, dtype=torch.long, device=dev)
@@ -161,10 +189,12 @@ def _pairs_to_detections_torch(
             method=_NMS_METHOD[cfg.nms],
             sigma=cfg.nms_sigma,
             iou_threshold=cfg.nms_iou,
-            score_threshold=cfg.score_threshold,
+            score_threshold=_nms_threshold(cfg),
             host_sync=cfg.host_sync,
         )
         out_boxes, out_scores, out_labels = res.boxes, res.scores, res.labels
+    if _groups_on(cfg):
+        return _drop_group_boxes(out_boxes, out_scores, out_labels, cfg)
     return out_boxes, out_scores, out_labels
 
 
@@ -263,14 +293,19 @@ def _pairs_to_detections_numpy(
                 score = (ts + bs + c_s[b, first]) / np.float32(3)
             boxes, score, labels = boxes[found], score[found], labels[found]
         if cfg.nms == "none":
-            sel = np.flatnonzero(score > np.float32(cfg.score_threshold))
+            sel = np.flatnonzero(score > np.float32(_nms_threshold(cfg)))
             sel = sel[np.argsort(-score[sel], kind="stable")][:D]
             kept = score[sel]
         else:
             sel, kept = soft_nms_numpy(
                 boxes, score, labels, max_out=D, method=_NMS_METHOD[cfg.nms], sigma=cfg.nms_sigma,
-                iou_threshold=cfg.nms_iou, score_threshold=cfg.score_threshold,
+                iou_threshold=cfg.nms_iou, score_threshold=_nms_threshold(cfg),
             )
+        if _groups_on(cfg) and len(sel):  # the tensor path's _drop_group_boxes, on this image's rows
+            group = group_box_mask(torch.from_numpy(boxes[sel])[None], torch.from_numpy(kept)[None],
+                                   torch.from_numpy(labels[sel])[None], score_ratio=cfg.group_score_ratio)[0].numpy()
+            keep = ~group & (kept > np.float32(cfg.score_threshold))
+            sel, kept = sel[keep], kept[keep]
         m = len(sel)
         out_boxes[b, :m] = boxes[sel]
         out_scores[b, :m] = kept

@@ -61,10 +61,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _nms_one_class(boxes: np.ndarray, scores: np.ndarray, cfg: DecodeConfig) -> tuple[list[int], list[float]]:
-    """Classic per-class (soft-)NMS loop: indices and scores of kept boxes, in pick order."""
+def _nms_one_class(boxes: np.ndarray, scores: np.ndarray, cfg: DecodeConfig,
+                   threshold: float) -> tuple[list[int], list[float]]:
+    """Classic per-class (soft-)NMS loop: indices and scores of kept boxes (score > threshold), in pick order."""
     scores = scores.astype(np.float32).copy()
-    alive = scores > cfg.score_threshold
+    alive = scores > threshold
     kept, kept_scores = [], []
     while alive.any():
         cand = np.flatnonzero(alive)
@@ -80,7 +81,7 @@ def _nms_one_class(boxes: np.ndarray, scores: np.ndarray, cfg: DecodeConfig) -> 
         else:  # hard
             w = np.where(iou > cfg.nms_iou, np.float32(0.0), np.float32(1.0)).astype(np.float32)
         scores = scores * w
-        alive &= scores > cfg.score_threshold
+        alive &= scores > threshold
     return kept, kept_scores
 
 
@@ -135,6 +136,9 @@ def _decode_one(out: dict[str, np.ndarray], cfg: DecodeConfig, b: int):
             score = (tl_s[i] + br_s[j] + ct_s[m].max()) / np.float32(3)
         cands.append((box, score, int(tl_c[i]), m, tl_s[i] + br_s[j]))
 
+    groups = cfg.mode == "triplet" and cfg.group_score_ratio > 0
+    # with group suppression, keep what may count as enclosed until the group check, then threshold
+    nms_threshold = cfg.score_threshold * min(cfg.group_score_ratio, 1.0) if groups else cfg.score_threshold
     boxes, scores, labels = [], [], []
     for box, score, label, m, corners in cands:
         if cfg.mode == "triplet" and cfg.exclusive_centres:
@@ -147,7 +151,7 @@ def _decode_one(out: dict[str, np.ndarray], cfg: DecodeConfig, b: int):
             if not own.any():
                 continue
             score = (corners + ct_s[own].max()) / np.float32(3)
-        if score <= cfg.score_threshold:
+        if score <= nms_threshold:
             continue
         boxes.append(box)
         scores.append(np.float32(score))
@@ -158,16 +162,42 @@ def _decode_one(out: dict[str, np.ndarray], cfg: DecodeConfig, b: int):
 
     if cfg.nms == "none":
         order = np.argsort(-scores, kind="stable")[: cfg.max_per_image]
-        return boxes[order], scores[order], labels[order]
-    picked = []  # (score, candidate index)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        kept, kept_scores = _nms_one_class(boxes[idx], scores[idx], cfg)
-        picked += [(s, int(idx[k])) for k, s in zip(kept, kept_scores)]
-    picked.sort(key=lambda p: -p[0])
-    picked = picked[: cfg.max_per_image]
-    sel = np.asarray([p[1] for p in picked], dtype=np.int64)
-    return boxes[sel], np.asarray([p[0] for p in picked], dtype=np.float32), labels[sel]
+        boxes, scores, labels = boxes[order], scores[order], labels[order]
+    else:
+        picked = []  # (score, candidate index)
+        for c in np.unique(labels):
+            idx = np.flatnonzero(labels == c)
+            kept, kept_scores = _nms_one_class(boxes[idx], scores[idx], cfg, nms_threshold)
+            picked += [(s, int(idx[k])) for k, s in zip(kept, kept_scores)]
+        picked.sort(key=lambda p: -p[0])
+        picked = picked[: cfg.max_per_image]
+        sel = np.asarray([p[1] for p in picked], dtype=np.int64)
+        boxes, scores, labels = boxes[sel], np.asarray([p[0] for p in picked], dtype=np.float32), labels[sel]
+    if groups:
+        keep = [not _is_group_box(a, boxes, scores, labels, cfg.group_score_ratio) and scores[a] > cfg.score_threshold
+                for a in range(len(scores))]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    return boxes, scores, labels
+
+
+def _is_group_box(a: int, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, ratio: float) -> bool:
+    """``group_boxes.group_box_mask``'s rule for detection ``a``, by loops: two other detections of its
+    class, each scoring >= ratio x its score, each with >= 0.9 of its (non-zero) area inside box ``a``,
+    with IoU < 0.5 between any two of the three."""
+    def area(b):
+        return max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
+
+    def inter(p, q):
+        return max(min(p[2], q[2]) - max(p[0], q[0]), 0.0) * max(min(p[3], q[3]) - max(p[1], q[1]), 0.0)
+
+    def distinct(p, q):
+        return inter(p, q) < 0.5 * (area(p) + area(q) - inter(p, q))
+
+    box = boxes[a]
+    enclosed = [j for j in range(len(scores)) if j != a and labels[j] == labels[a]
+                and scores[j] >= ratio * scores[a] and area(boxes[j]) > 0
+                and inter(box, boxes[j]) >= 0.9 * area(boxes[j]) and distinct(box, boxes[j])]
+    return any(distinct(boxes[j], boxes[k]) for j in enclosed for k in enclosed if j != k)
 
 
 def reference_decode(

@@ -432,6 +432,7 @@ def test_no_grad_and_validation():
         ("max_per_image", 0), ("ae_threshold", 0.0), ("small_area", -1.0), ("score_threshold", 1.0),
         ("mode", "quad"), ("nms", "soft_gaussianish"), ("nms_sigma", 0.0), ("nms_iou", 1.5), ("topk", 2.5),
         ("exclusive_centres", 1), ("size_ratio", 0.5), ("size_ratio", -1.0), ("size_ratio", True),
+        ("group_score_ratio", -0.1), ("group_score_ratio", float("inf")), ("group_score_ratio", True),
     ],
 )
 def test_config_validation(field, value):
@@ -448,6 +449,7 @@ def test_config_defaults_follow_the_paper():
         "nms_sigma": 0.5, "nms_iou": 0.5, "max_per_image": 100, "host_sync": True,
         "exclusive_centres": True,  # ours, not the paper's (test_exclusive_centres.py)
         "size_ratio": 2.0,  # ours; only for models with a ct_size output (test_size_check.py)
+        "group_score_ratio": 0.5,  # ours (test_group_boxes.py)
         "flip_test": False,  # the paper's test adds the flipped image; its caller must run both (test_flip_test.py)
     }
     # the defaults are used by the decoder: a 150 x 150 box is "small" (n = 3), 151 x 150 is not
