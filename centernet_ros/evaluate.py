@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size-ratio", type=float, default=DecodeConfig.size_ratio,
                    help="models with a centre size head: a centre keypoint confirms a box only if the box's width "
                    "and height are within this factor of its predicted size (0: off)")
+    d.add_argument("--group-score-ratio", type=float, default=DecodeConfig.group_score_ratio,
+                   help="drop a box that encloses two distinct detections of its class, each scoring at least "
+                   "this times its score (triplet rows; 0: off)")
     d.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=DecodeConfig.flip_test,
                    help="also run each image flipped left-right and merge both views' boxes (the paper's "
                    "single-scale test; twice the forward-pass work)")
@@ -265,6 +268,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> EvalConfig:
         nms=a.nms,
         exclusive_centres=a.exclusive_centres,
         size_ratio=a.size_ratio,
+        group_score_ratio=a.group_score_ratio,
         flip_test=a.flip_test,
         max_per_image=a.max_per_image,
         score_threshold=a.score_threshold,

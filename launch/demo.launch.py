@@ -8,7 +8,7 @@ Topics: /demo/camera/image_raw (video), /demo/camera/detections (vision_msgs/Det
 /demo/camera/detections_image (annotated, for rviz), /label_info, /diagnostics. Both nodes read
 ``params_file`` (default: the package's config/demo.yaml); the detector is started through
 detect.launch.py with the same file. The network input defaults to what ``centernet-demo`` uses:
-256x448 on a CPU, 384x640 on a GPU (``input_size`` overrides it). Without ``loop`` the launch ends,
+384x640, the clip at full resolution (``input_size`` overrides it). Without ``loop`` the launch ends,
 with exit status 0, once the video publisher has sent its last frame (and got its detections back)
 or ``max_frames`` frames. ``fastdds_profile`` (default ``auto``: the package's
 config/fastdds_large_frames.xml unless the environment names a Fast DDS profile; a path; '' = none)
@@ -74,15 +74,10 @@ def _video_publisher(context):
 
 def _detector(context):
     input_size = LaunchConfiguration('input_size').perform(context)
-    if not input_size:  # like centernet-demo: the input size follows the device
-        from centernet_ros.ros.demo import default_input_size
+    if not input_size:  # like centernet-demo
+        from centernet_ros.ros.demo import INPUT_SIZE
 
-        device = LaunchConfiguration('device').perform(context) or 'auto'
-        try:
-            h, w = default_input_size(device)
-        except (ValueError, RuntimeError) as exc:
-            raise ValueError(f'launch argument device:={device!r}: {exc}') from None
-        input_size = f'[{h}, {w}]'
+        input_size = f'[{INPUT_SIZE[0]}, {INPUT_SIZE[1]}]'
     names = ('params_file', 'weights', 'device', 'score_threshold', 'log_level', 'fastdds_profile')
     arguments = {name: LaunchConfiguration(name).perform(context) for name in names}
     arguments['input_size'] = input_size
@@ -108,7 +103,7 @@ def generate_launch_description():
         DeclareLaunchArgument('device', default_value='',
                               description='auto | cpu | cuda | cuda:N; empty: from params_file'),
         DeclareLaunchArgument('input_size', default_value='',
-                              description='network input [H, W]; empty: [256, 448] on a CPU, [384, 640] on a GPU'),
+                              description='network input [H, W]; empty: [384, 640], the clip at full resolution'),
         DeclareLaunchArgument('score_threshold', default_value='',
                               description='score threshold; empty: from params_file'),
         DeclareLaunchArgument('log_level', default_value='info',

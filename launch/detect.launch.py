@@ -47,6 +47,8 @@ OVERRIDES = {
                                 'that box (false: the paper\'s rule)'),
     'size_ratio': (float, 'a centre keypoint confirms a box only if its width and height are within this factor of '
                           'the size the centre predicts (models with ct_size); 0 = off'),
+    'group_score_ratio': (float, 'drop a box that encloses two distinct detections of its class, each scoring at '
+                                 'least this times its score; 0 = off'),
     'flip_test': (bool, 'also run every frame flipped left-right and merge both views (the paper\'s test; '
                         'twice the forward-pass work)'),
     'nms_method': (str, 'soft | soft_linear | hard | none'),

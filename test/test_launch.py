@@ -81,7 +81,7 @@ def test_demo_launch_runs_to_its_end(cli):
     code = launch.wait(240.0)  # ends by itself after the video's last (here: 3rd) frame
     assert_clean(launch, code)
     out = launch.output
-    assert re.search(r"active on cpu with \S+ \(input 256x448", out), out  # centernet-demo's CPU size
+    assert re.search(r"active on cpu with \S+ \(input 384x640", out), out  # centernet-demo's size
     assert re.search(r"\[video_publisher\]: done: published 3 frames", out), out
     assert "the video publisher has ended" in out, out
     for name in ("centernet-video-publisher-1", "centernet-detector-2"):
@@ -180,7 +180,7 @@ def test_fastdds_profile_argument_reaches_the_started_processes(monkeypatch, tmp
         context.launch_configurations.update({"node_name": "n", "namespace": "", "log_level": "info",
                                               "params_file": "p.yaml", "fastdds_profile": choice})
         context.launch_configurations.update({name: "" for name in detect.OVERRIDES})
-        context.launch_configurations["input_size"] = "[256, 448]"  # not from the device: no torch import
+        context.launch_configurations["input_size"] = "[256, 448]"
         context.launch_configurations.update({name: "" for name in ("video", "rate", "loop", "max_frames")})
         (node,) = detect._launch_node(context)
         assert _env_of(node, context) == expected, choice

@@ -130,13 +130,15 @@ def test_read_decode_errors_name_the_ros_parameter():
     assert params.read_decode({**values, "exclusive_centres": False}).exclusive_centres is False
     assert params.read_decode(values).flip_test is False
     assert params.read_decode({**values, "flip_test": True}).flip_test is True
+    assert params.read_decode(values).group_score_ratio == 0.5
+    assert params.read_decode({**values, "group_score_ratio": 0.0}).group_score_ratio == 0.0
 
 
 def test_every_parameter_is_described_with_its_type_and_range(rclpy_context):
     node = DetectorNode("described", context=rclpy_context)
     try:
         descs = {d.name: d for d in node.describe_parameters(list(params.DEFAULTS))}
-        assert set(descs) == set(params.DEFAULTS) and len(descs) == 38  # 20 node, 2 batching, 16 decode
+        assert set(descs) == set(params.DEFAULTS) and len(descs) == 39  # 20 node, 2 batching, 17 decode
         assert all(d.description and not d.dynamic_typing for d in descs.values())
 
         def floats(n):
@@ -152,7 +154,7 @@ def test_every_parameter_is_described_with_its_type_and_range(rclpy_context):
         assert descs["flip_test"].type == ParameterType.PARAMETER_BOOL
         assert floats("score_threshold") == [(0.0, 1.0, 0.0)] and floats("nms_iou") == [(0.0, 1.0, 0.0)]
         for name in ("max_batch_latency_ms", "diagnostics_period", "camera_timeout", "ae_threshold", "nms_sigma",
-                     "small_area", "size_ratio"):
+                     "small_area", "size_ratio", "group_score_ratio"):
             assert floats(name) == [(0.0, math.inf, 0.0)], name
         for name in ("max_batch_size", "qos_depth", "topk", "num_dets", "n_small", "n_large", "max_detections",
                      "max_compressed_pixels"):

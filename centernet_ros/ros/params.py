@@ -230,6 +230,8 @@ _DESCRIPTIONS = {
     "size_ratio": "with a model that predicts object sizes at centres (ct_size): a centre keypoint confirms a box only "
                   "when the box's width and height are within this factor of its predicted size (removes boxes "
                   "spanning several objects); 0 = off, else >= 1",
+    "group_score_ratio": "after NMS, drop a box that encloses two distinct detections of its class, each scoring at "
+                         "least this times its score (a box around a queue of cars; triplet mode); 0 = off",
     "flip_test": "also run each frame flipped left-right and merge both views' boxes (the paper's single-scale "
                  "test: more recall, twice the forward-pass work and GPU memory; with compile, switching it on "
                  "captures new CUDA graphs on the next batches)",
@@ -259,6 +261,7 @@ _RANGES: dict[str, tuple] = {
     "n_small": (1, _INT_MAX),
     "n_large": (1, _INT_MAX),
     "size_ratio": (0.0, math.inf),  # 0 (off) or >= 1: DecodeConfig says which values between are bad
+    "group_score_ratio": (0.0, math.inf),
     "nms_sigma": (0.0, math.inf),
     "nms_iou": (0.0, 1.0),
     "max_detections": (1, _INT_MAX),
