@@ -18,7 +18,8 @@ Test procedure of "CenterNet: Keypoint Triplets for Object Detection" (Duan et a
    centre size head (``ct_size``, ours) a centre confirms only a box of about its predicted size (see
    :class:`DecodeConfig`);
 4. score threshold, per-class soft / hard / no NMS, best ``max_per_image``; with ``group_score_ratio``
-   (ours) a box that encloses two distinct detections of its class is dropped (:mod:`.group_boxes`);
+   (ours) NMS keeps what scores above ``score_threshold x min(ratio, 1)``, a box that encloses two distinct
+   detections of its class is dropped (:mod:`.group_boxes`), then the threshold applies;
 5. undo the letterbox (``orig = (input_px - offset) / scale``) and clip to the original image.
 
 Flip test (``DecodeConfig.flip_test``; the paper's single-scale test feeds "both the original and

@@ -85,10 +85,13 @@ def test_random_boxes_match_the_loop_reference(device, ratio):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_inputs_and_bad_arguments(device):
-    for B, D in ((0, 5), (2, 0), (0, 0)):
-        got = group_box_mask(torch.zeros(B, D, 4, device=device), torch.zeros(B, D, device=device),
-                             torch.zeros(B, D, dtype=torch.long, device=device), score_ratio=0.5)
-        assert got.shape == (B, D) and got.dtype == torch.bool and got.device.type == device
+    for nb, nd in ((0, 5), (2, 0), (0, 0)):  # no rows at all
+        got = group_box_mask(torch.zeros(nb, nd, 4, device=device), torch.zeros(nb, nd, device=device),
+                             torch.zeros(nb, nd, dtype=torch.long, device=device), score_ratio=0.5)
+        assert got.shape == (nb, nd) and got.dtype == torch.bool and got.device.type == device
+    one = [(GROUP, 0.8, 1)]
+    assert mask(one, device) == [False]
+    assert mask([(GROUP, 0.8, -1), (A, 0.8, -1), (B, 0.8, -1)], device) == [False] * 3  # all empty slots
     boxes, scores, labels = torch.zeros(1, 3, 4), torch.zeros(1, 3), torch.zeros(1, 3, dtype=torch.long)
     with pytest.raises(ValueError, match=r"\(1, 3, 5\)"):
         group_box_mask(torch.zeros(1, 3, 5), scores, labels, score_ratio=0.5)
@@ -139,10 +142,12 @@ def test_decode_drops_the_group_box(device, host_sync, nms):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("host_sync", [True, False])
-def test_the_threshold_does_not_decide_which_boxes_are_groups(device, host_sync):
-    # A and B score 0.6, GROUP (A's 0.6, B's 0.6, X's centre 0.7) 0.633, X 0.85
+@pytest.mark.parametrize("nms", ["none", "hard"])  # soft-NMS would decay GROUP itself below 0.62 (IoU 0.2 with X)
+def test_the_threshold_does_not_decide_which_boxes_are_groups(device, host_sync, nms):
+    # A and B score 0.6, GROUP (A's 0.6, B's 0.6, X's centre 0.7) 0.633, X 0.85; GROUP overlaps each by IoU 0.2,
+    # under hard NMS's 0.5
     out = td.to(queue(ab_scores=(0.6, 0.6, 0.6)), device)
-    cfg = dataclasses.replace(PAPER, nms="none", host_sync=host_sync)
+    cfg = dataclasses.replace(PAPER, nms=nms, host_sync=host_sync)
     assert set(boxes_of(decode(out, cfg))) == {A, X, B}
     # at 0.62 A and B are not reported, yet they are cars inside GROUP: it is dropped all the same
     got = boxes_of(decode(out, dataclasses.replace(cfg, score_threshold=0.62)))
@@ -163,7 +168,7 @@ def test_flip_test_drops_group_boxes_of_the_merged_views(device):
     assert set(boxes_of(decode(both, cfg))) == {A, X, B}
 
 
-@pytest.mark.parametrize("ratio", [0.3, 0.5])
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 1.5])  # 1.5: NMS must keep the threshold itself (min(ratio, 1))
 def test_random_heatmaps_match_the_reference_and_every_path(monkeypatch, ratio):
     changed = False
     for seed, kw in ((51, {}), (52, dict(topk=40, num_dets=300, score_threshold=0.3)), (53, dict(nms="hard"))):

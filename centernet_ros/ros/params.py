@@ -231,7 +231,8 @@ _DESCRIPTIONS = {
                   "when the box's width and height are within this factor of its predicted size (removes boxes "
                   "spanning several objects); 0 = off, else >= 1",
     "group_score_ratio": "after NMS, drop a box that encloses two distinct detections of its class, each scoring at "
-                         "least this times its score (a box around a queue of cars; triplet mode); 0 = off",
+                         "least this times its score (a box around a queue of cars; triplet mode; detections below "
+                         "score_threshold count too); 0 = off, <= 1 sensible",
     "flip_test": "also run each frame flipped left-right and merge both views' boxes (the paper's single-scale "
                  "test: more recall, twice the forward-pass work and GPU memory; with compile, switching it on "
                  "captures new CUDA graphs on the next batches)",
