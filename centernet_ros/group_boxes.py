@@ -85,9 +85,8 @@ def group_box_mask(
     enc &= valid.unsqueeze(2) & valid.unsqueeze(1)
     enc &= scores.unsqueeze(1) >= score_ratio * scores.unsqueeze(2)
     enc &= inter >= contain * area.unsqueeze(1)
-    enc &= (area > 0).unsqueeze(1)
+    enc &= (area > 0).unsqueeze(1)  # so a zero-area a is not enclosed in itself either
     enc &= distinct  # j is not a itself nor a copy of it (IoU(a, a) = 1 for a box with area)
-    enc &= ~torch.eye(D, dtype=torch.bool, device=boxes.device)  # a zero-area a is not enclosed in itself
     # a is a group box when two enclosed detections are distinct from each other
     e = enc.float()
     pairs = torch.bmm(e, distinct.float()).mul_(e)  # (B, D, D): [a, k] = #j enclosed in a, distinct from k

@@ -207,7 +207,7 @@ def refit_size_head(
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be distinct, got {names!r}")
     device = next(model.parameters()).device
-    fitted, row_w, per_set = [], [], {}  # fitted: (name, features, targets) of each dataset with boxes
+    fitted, per_set = [], {}  # fitted: (name, features, targets, share) of each dataset with boxes
     for name, ds, share in datasets:
         n_img = len(ds) if cfg.max_images is None else min(len(ds), cfg.max_images)
         idx = np.unique(np.linspace(0, len(ds) - 1, n_img).round().astype(np.int64)) if n_img else []
@@ -223,12 +223,12 @@ def refit_size_head(
         f_set, t_set = torch.cat(f_set), torch.cat(t_set)  # (n, F), (n, 2)
         per_set[name] = {"images": int(len(idx)), "rows": int(f_set.shape[0])}  # rows: boxes x input sizes
         if f_set.shape[0]:
-            fitted.append((name, f_set, t_set))
-            row_w.append(torch.full((f_set.shape[0],), share / f_set.shape[0], dtype=torch.float64))
+            fitted.append((name, f_set, t_set, share))
     if not fitted:
         raise ValueError("no boxes in the training datasets: nothing to fit the size read-out on")
-    f_all, t_all = torch.cat([f for _, f, _ in fitted]), torch.cat([t for _, _, t in fitted])  # (N, F), (N, 2)
-    w_all = torch.cat(row_w)
+    f_all, t_all = torch.cat([f for _, f, _, _ in fitted]), torch.cat([t for _, _, t, _ in fitted])  # (N, F), (N, 2)
+    # each dataset weighs its sampling share, spread over its rows
+    w_all = torch.cat([torch.full((f.shape[0],), s / f.shape[0], dtype=torch.float64) for _, f, _, s in fitted])
     w_all = w_all * (w_all.shape[0] / w_all.sum())  # mean row weight 1: ridge in units of rows
     conv = model.ct_head.size
     old_w = conv.weight.detach().float().cpu().reshape(2, -1).clone()  # (2, F): copies, not views
@@ -238,7 +238,7 @@ def refit_size_head(
         conv.weight.copy_(new_w.reshape_as(conv.weight).to(conv.weight))
         conv.bias.copy_(new_b.to(conv.bias))
     summary = {"datasets": per_set, "input_sizes": [list(s) for s in input_sizes], "ridge": cfg.ridge}
-    for name, f_set, t_set in fitted:
+    for name, f_set, t_set, _ in fitted:
         before = _describe(readout_errors(f_set, t_set, old_w, old_b))
         after = _describe(readout_errors(f_set, t_set, new_w, new_b))
         summary[name] = {"before": before, "after": after}
